@@ -1,0 +1,3 @@
+"""kdlab: a knowledge-distillation lab for PyTorch."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The `kdlab` command. Each `cmd_*.py` module adds one or more subcommands."""

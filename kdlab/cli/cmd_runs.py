@@ -1,0 +1,93 @@
+"""`kdlab runs` (the store as a table) and `kdlab compare RUN...` (mean ± std per config)."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from rich.table import Table
+
+from kdlab.cli.common import console
+from kdlab.errors import KdlabError
+from kdlab.report.stats import fmt, mean_std
+from kdlab.store.runstore import RunStore
+
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("runs", help="list the runs in the store")
+    p.add_argument("--store", default=None)
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_runs)
+
+    c = sub.add_parser("compare", help="final and best metrics of runs side by side, mean ± std over seeds")
+    c.add_argument("runs", nargs="+", help="run ids (or unique prefixes)")
+    c.add_argument("--store", default=None)
+    c.set_defaults(func=cmd_compare)
+
+
+def _metric_keys(rows) -> list[str]:
+    keys = []
+    for r in rows:
+        for k in r["summary"]:
+            if (k.startswith("test_") or k.startswith("best_test_")) and k not in keys:
+                keys.append(k)
+    return keys
+
+
+def cmd_runs(args) -> int:
+    store = RunStore(args.store)
+    rows = store.rows(limit=args.limit)
+    if not rows:
+        console.print(f"no runs in {store.root}")
+        return 0
+    table = Table(title=f"runs in {store.root}")
+    for col in ("id", "kind", "variant", "seed", "status", "epochs", "test", "best-val test", "created"):
+        table.add_column(col)
+    for r in rows:
+        s = r["summary"]
+        metric = next((k[5:] for k in s if k.startswith("test_") and k != "test_loss"), "top1")
+        table.add_row(
+            r["id"], r["kind"], r["variant"] or "", str(r["seed"]), r["status"], str(s.get("epochs", "")),
+            fmt(s[f"test_{metric}"]) if f"test_{metric}" in s else "",
+            fmt(s[f"best_test_{metric}"]) if f"best_test_{metric}" in s else "",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
+        )
+    console.print(table)
+    return 0
+
+
+def resolve_ids(store: RunStore, given: list[str]) -> list[dict]:
+    every = store.rows()
+    out = []
+    for g in given:
+        hits = [r for r in every if r["id"] == g] or [r for r in every if r["id"].startswith(g)]
+        if not hits:
+            raise KdlabError(f"no run '{g}' in {store.root}; `kdlab runs` lists them")
+        if len(hits) > 1:
+            raise KdlabError(f"'{g}' matches {len(hits)} runs ({hits[0]['id']}, {hits[1]['id']}, …); give more of the id")
+        out.append(hits[0])
+    return out
+
+
+def cmd_compare(args) -> int:
+    store = RunStore(args.store)
+    rows = resolve_ids(store, args.runs)
+    groups: "OrderedDict[str, list[dict]]" = OrderedDict()
+    for r in rows:
+        groups.setdefault(r["grp"], []).append(r)
+    keys = _metric_keys(rows)
+    table = Table(title="compare (mean ± std over the seeds of each config)")
+    table.add_column("config")
+    table.add_column("runs")
+    table.add_column("seeds")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for grp, rs in groups.items():
+        first = rs[0]
+        label = f"{first['name']}" + (f" [{first['variant']}]" if first["variant"] and first["variant"] != "main" else "")
+        label += f" ({first['kind']})"
+        cells = [fmt(*mean_std([r["summary"].get(k) for r in rs if k in r["summary"]])) for k in keys]
+        table.add_row(label, "\n".join(r["id"] for r in rs), ",".join(str(r["seed"]) for r in rs), *cells)
+    console.print(table)
+    return 0

@@ -1,0 +1,24 @@
+"""Options and helpers shared by subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+from kdlab.engine import distributed as D
+
+console = Console()
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--store", default=None, help="run store directory (default ./runs or $KDLAB_HOME)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", dest="sub_debug", action="store_true", help="show tracebacks for errors")
+
+
+def main_print(*objs) -> None:
+    """Print on the main DDP rank only."""
+    if D.current().main:
+        console.print(*objs)

@@ -1,0 +1,204 @@
+"""The experiment schema. Every field a user can set is here, with its type and range."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdlab.config.signature import validate_params
+from kdlab.errors import KdlabError
+from kdlab.registry import DATASETS, METHODS, MODELS, PIPELINES
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _lookup(registry, name: str):
+    try:
+        return registry.get(name)
+    except KdlabError as e:  # pydantic needs ValueError to attach the field location
+        raise ValueError(str(e)) from None
+
+
+class ModelSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Only for a model trained on another label set than the data's (rare): checked against the student.
+    num_classes: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        entry = _lookup(MODELS, self.name)
+        self.params = validate_params(entry.obj, self.params, f"model '{self.name}'")
+        return self
+
+
+class DataSpec(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    split_seed: int = 0  # the train/val/test split; fixed across training seeds
+
+    @model_validator(mode="after")
+    def _check(self):
+        entry = _lookup(DATASETS, self.name)
+        self.params = validate_params(entry.obj, self.params, f"dataset '{self.name}'")
+        return self
+
+
+class MethodSpec(BaseModel):
+    """`{name: kd, weight: 0.9, tau: 4}`: every key besides name and weight is a hyper-parameter."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        cls = _lookup(METHODS, self.name).obj
+        try:
+            parsed = cls.Params(**(self.model_extra or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(cls.Params.model_fields) or "none"
+                raise ValueError(f"method '{self.name}' has no hyper-parameter '{key}' (known: {known})") from None
+            raise ValueError(f"method '{self.name}' {key}: {err['msg']} (got {err.get('input')!r})") from None
+        for k, v in parsed.model_dump().items():
+            setattr(self, k, v)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def build_params(self):
+        return METHODS.get(self.name).obj.Params(**self.params)
+
+
+class OptimizerSpec(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleSpec(Strict):
+    name: Literal["constant", "step", "multistep", "cosine"] = "cosine"
+    warmup_epochs: float = Field(0.0, ge=0)
+    step_size: int = Field(30, ge=1)  # for `step`
+    milestones: list[int] = Field(default_factory=list)  # for `multistep`
+    gamma: float = Field(0.1, gt=0, le=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # for `cosine`
+
+
+class TrainSpec(Strict):
+    epochs: int = Field(10, ge=1)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
+    amp_dtype: Literal["bf16", "fp16"] = "bf16"
+
+
+def _default_methods() -> list[MethodSpec]:
+    return [MethodSpec(name="ce")]
+
+
+class TeacherSpec(Strict):
+    model: ModelSpec
+    checkpoint: Optional[str] = None  # load instead of training
+    # How the teacher is trained when no checkpoint is given (default: the experiment's train).
+    train: Optional[TrainSpec] = None
+    methods: list[MethodSpec] = Field(default_factory=_default_methods)
+    seed: Optional[int] = None  # default: the experiment's first seed
+
+
+class PipelineSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="after")
+    def _check(self):
+        entry = _lookup(PIPELINES, self.name)
+        params_cls = entry.extra.get("params")
+        if params_cls is not None:
+            try:
+                params_cls(**(self.model_extra or {}))
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                raise ValueError(f"pipeline '{self.name}' {key}: {err['msg']} (got {err.get('input')!r})") from None
+        return self
+
+    def params(self):
+        params_cls = PIPELINES.get(self.name).extra.get("params")
+        return params_cls(**(self.model_extra or {})) if params_cls else dict(self.model_extra or {})
+
+
+class Experiment(Strict):
+    name: str = "experiment"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    device: str = "auto"
+    data: DataSpec
+    teacher: Optional[TeacherSpec] = None
+    teachers: list[TeacherSpec] = Field(default_factory=list)
+    student: ModelSpec
+    methods: list[MethodSpec] = Field(default_factory=_default_methods, min_length=1)
+    # Named alternatives to `methods`, trained with the same budget and seeds and compared.
+    variants: dict[str, list[MethodSpec]] = Field(default_factory=dict)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    pipeline: Optional[PipelineSpec] = None
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {v!r})")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.teacher is not None and self.teachers:
+            raise ValueError("give either `teacher` or `teachers`, not both")
+        for i, t in enumerate(self.all_teachers()):
+            s, n = self.student.num_classes, t.model.num_classes
+            if n is not None and s is not None and n != s or (n is None) != (s is None):
+                raise ValueError(
+                    f"teacher {i} ({t.model.name}) predicts {n or 'the data’s'} classes but the student "
+                    f"predicts {s or 'the data’s'}: teacher and student must share the label set"
+                )
+        needing = [m.name for ms in self.method_sets().values() for m in ms if _needs_teacher(m)]
+        if needing and not self.all_teachers():
+            raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
+        return self
+
+    def all_teachers(self) -> list[TeacherSpec]:
+        return [self.teacher] if self.teacher is not None else list(self.teachers)
+
+    def method_sets(self) -> dict[str, list[MethodSpec]]:
+        return dict(self.variants) if self.variants else {"main": self.methods}
+
+    def group_hash(self, methods: list[MethodSpec] | None = None) -> str:
+        """Identifies runs of the same config (seeds and device excluded), for mean ± std."""
+        d = self.model_dump(mode="json", exclude={"seeds", "device", "variants"})
+        if methods is not None:
+            d["methods"] = [m.model_dump(mode="json") for m in methods]
+        return stable_hash(d)
+
+
+def _needs_teacher(m: MethodSpec) -> bool:
+    cls = METHODS.get(m.name).obj
+    return bool(getattr(cls, "uses_teacher", True))
+
+
+def stable_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

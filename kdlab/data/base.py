@@ -1,0 +1,99 @@
+"""In-memory datasets: a bundle of seeded train/val/test splits held as tensors.
+
+Every built-in and file dataset produces a `DataBundle`. Splits are dicts of equally long
+tensors (`x`, `y` for classification; other keys for other tasks) that are moved to the
+training device once; batches are cut from them by index and augmented as whole batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# (x, generator) -> x, applied to a whole training batch on its device.
+BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
+
+
+@dataclass
+class Split:
+    tensors: dict[str, Tensor]
+
+    def __post_init__(self):
+        sizes = {k: len(v) for k, v in self.tensors.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"split tensors differ in length: {sizes}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.tensors[key]
+
+    def to(self, device) -> "Split":
+        return Split({k: v.to(device) for k, v in self.tensors.items()})
+
+    def subset(self, index: Tensor) -> "Split":
+        return Split({k: v[index] for k, v in self.tensors.items()})
+
+
+@dataclass
+class DataBundle:
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    task: str = "classification"
+    class_names: Optional[list[str]] = None
+    # superclass[c] is the superclass of class c, for data with a class hierarchy.
+    superclass: Optional[list[int]] = None
+    # Applied to every batch (train and eval), e.g. uint8 -> normalised float.
+    prepare: Optional[Callable[[Tensor], Tensor]] = None
+    # Applied to training batches only.
+    augment: Optional[BatchTransform] = None
+    meta: dict = field(default_factory=dict)
+
+    def to(self, device) -> "DataBundle":
+        import dataclasses
+
+        return dataclasses.replace(
+            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
+        )
+
+
+def split_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    extra: Optional[dict[str, np.ndarray]] = None,
+    stratify: bool = True,
+) -> tuple[Split, Split, Split]:
+    """Seeded, stratified train/val/test split of arrays into tensor splits."""
+    n = len(y)
+    if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
+    rng = np.random.default_rng(seed)
+    idx_train, idx_val, idx_test = [], [], []
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if stratify else [np.arange(n)]
+    for g in groups:
+        g = rng.permutation(g)
+        n_test = int(round(len(g) * test_fraction))
+        n_val = int(round(len(g) * val_fraction))
+        idx_test.append(g[:n_test])
+        idx_val.append(g[n_test : n_test + n_val])
+        idx_train.append(g[n_test + n_val :])
+
+    def make(parts):
+        idx = rng.permutation(np.concatenate(parts)) if parts else np.arange(0)
+        tensors = {"x": torch.as_tensor(x[idx]), "y": torch.as_tensor(y[idx]).long()}
+        for k, v in (extra or {}).items():
+            tensors[k] = torch.as_tensor(v[idx])
+        return Split(tensors)
+
+    return make(idx_train), make(idx_val), make(idx_test)

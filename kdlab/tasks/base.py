@@ -1,0 +1,45 @@
+"""A task says how a model is run on a batch and how predictions are scored.
+
+Evaluation is written as sums over batches (`eval_batch` returns summed statistics and a
+count `n`), so the engine can add them up across batches and across DDP ranks before
+`finalize` turns them into metrics.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from kdlab.registry import TASKS
+
+
+class Task:
+    name: ClassVar[str] = ""
+    primary_metric: ClassVar[str] = "top1"
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, data):
+        self.data = data
+
+    def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """The model's output on a batch (logits for classification)."""
+        return model(batch["x"])
+
+    def loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def eval_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def finalize(self, sums: dict[str, float]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def better(self, a: float, b: float | None) -> bool:
+        if b is None:
+            return True
+        return a > b if self.higher_is_better else a < b
+
+
+def get_task(data) -> Task:
+    return TASKS.get(data.task).obj(data)

@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from kdlab.errors import suggest
 
-# Filled in by the engine, never by the user.
-RESERVED = ("num_classes", "input_shape", "seed")
+# Filled in by the engine (or by the data's `model_args`), never by the user.
+RESERVED = ("num_classes", "input_shape", "seed", "num_users", "num_items", "vocab_size", "adjacency")
 
 
 @lru_cache(maxsize=None)

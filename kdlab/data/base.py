@@ -55,6 +55,9 @@ class DataBundle:
     prepare: Optional[Callable[[Tensor], Tensor]] = None
     # Applied to training batches only.
     augment: Optional[BatchTransform] = None
+    # Extra keyword arguments every model builder gets for this data (e.g. num_users,
+    # num_items for ranking, vocab_size for language modelling).
+    model_args: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
     def to(self, device) -> "DataBundle":

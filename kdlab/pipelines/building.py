@@ -20,7 +20,9 @@ def load_data(spec: DataSpec) -> DataBundle:
 
 def build_model(spec: ModelSpec, data: DataBundle) -> nn.Module:
     num_classes = spec.num_classes or data.num_classes
-    return MODELS.get(spec.name).obj(num_classes=num_classes, input_shape=tuple(data.input_shape), **spec.params)
+    return MODELS.get(spec.name).obj(
+        num_classes=num_classes, input_shape=tuple(data.input_shape), **data.model_args, **spec.params
+    )
 
 
 def build_methods(specs: list[MethodSpec], ctx: MethodContext) -> tuple[list[Method], list[float]]:

@@ -1,0 +1,5 @@
+import sys
+
+from kdlab.cli.main import main
+
+sys.exit(main())

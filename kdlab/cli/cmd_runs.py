@@ -42,13 +42,14 @@ def cmd_runs(args) -> int:
         console.print(f"no runs in {store.root}")
         return 0
     table = Table(title=f"runs in {store.root}")
-    for col in ("id", "kind", "variant", "seed", "status", "epochs", "test", "best-val test", "created"):
+    table.add_column("id", no_wrap=True)
+    for col in ("kind", "seed", "status", "epochs", "test", "best-val test", "created"):
         table.add_column(col)
     for r in rows:
         s = r["summary"]
         metric = next((k[5:] for k in s if k.startswith("test_") and k != "test_loss"), "top1")
         table.add_row(
-            r["id"], r["kind"], r["variant"] or "", str(r["seed"]), r["status"], str(s.get("epochs", "")),
+            r["id"], r["kind"], str(r["seed"]), r["status"], str(s.get("epochs", "")),
             fmt(s[f"test_{metric}"]) if f"test_{metric}" in s else "",
             fmt(s[f"best_test_{metric}"]) if f"best_test_{metric}" in s else "",
             time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
@@ -76,18 +77,18 @@ def cmd_compare(args) -> int:
     groups: "OrderedDict[str, list[dict]]" = OrderedDict()
     for r in rows:
         groups.setdefault(r["grp"], []).append(r)
-    keys = _metric_keys(rows)
-    table = Table(title="compare (mean ± std over the seeds of each config)")
-    table.add_column("config")
-    table.add_column("runs")
-    table.add_column("seeds")
-    for k in keys:
-        table.add_column(k, justify="right")
-    for grp, rs in groups.items():
+    # One column per config (its seeds averaged), one row per metric: side by side.
+    table = Table(title="compare: mean ± std over the seeds of each config")
+    table.add_column("metric", no_wrap=True)
+    for i, rs in enumerate(groups.values()):
         first = rs[0]
-        label = f"{first['name']}" + (f" [{first['variant']}]" if first["variant"] and first["variant"] != "main" else "")
-        label += f" ({first['kind']})"
-        cells = [fmt(*mean_std([r["summary"].get(k) for r in rs if k in r["summary"]])) for k in keys]
-        table.add_row(label, "\n".join(r["id"] for r in rs), ",".join(str(r["seed"]) for r in rs), *cells)
+        variant = f" [{first['variant']}]" if first["variant"] and first["variant"] != "main" else ""
+        table.add_column(f"{first['name']}{variant}\n{first['kind']}, seeds {','.join(str(r['seed']) for r in rs)}",
+                         justify="right")
+    for k in _metric_keys(rows):
+        cells = [fmt(*mean_std([r["summary"].get(k) for r in rs if k in r["summary"]])) for rs in groups.values()]
+        table.add_row(k, *cells)
     console.print(table)
+    for i, rs in enumerate(groups.values()):
+        console.print(f"[dim]config {i + 1}: {', '.join(r['id'] for r in rs)}[/dim]", highlight=False)
     return 0

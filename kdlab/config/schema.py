@@ -181,6 +181,9 @@ class Experiment(Strict):
             raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
         return self
 
+    def uses_teacher(self) -> bool:
+        return any(_needs_teacher(m) for ms in self.method_sets().values() for m in ms)
+
     def all_teachers(self) -> list[TeacherSpec]:
         return [self.teacher] if self.teacher is not None else list(self.teachers)
 

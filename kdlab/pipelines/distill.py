@@ -28,7 +28,8 @@ class ExperimentResult:
 def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     data = load_data(exp.data).to(ctx.device)
     task = get_task(data)
-    teachers = obtain_teachers(ctx, exp, data, task)
+    # Teachers are trained or loaded only if some method reads them.
+    teachers = obtain_teachers(ctx, exp, data, task) if exp.uses_teacher() else []
     out = ExperimentResult(exp.name, task.primary_metric)
     for t in teachers:
         ev = evaluate(t, data.test, task, data.prepare, exp.data.eval_batch_size)

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): speed figures measured in one run, reported as ratios."""

@@ -1,0 +1,118 @@
+"""Step-time overhead of kdlab's engine.
+
+Two ratios, measured in one process on the same in-memory data, models and batch size:
+  1. kdlab's KD training step / a minimal hand-written PyTorch KD loop doing the same work
+     (teacher in inference mode, CE + tau^2-scaled KL, SGD) — the engine's overhead (goal <= 1.05);
+  2. kdlab's KD step / kdlab's plain CE step — the price of distillation itself.
+Runs alternate (A B A B ...) and per-step medians are compared, so drift on a busy machine
+affects both sides alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec
+from kdlab.data.base import DataBundle, Split
+from kdlab.engine.seeding import seed_everything
+from kdlab.engine.trainer import Trainer
+from kdlab.pipelines.building import build_methods, method_context
+from kdlab.registry import MODELS
+from kdlab.tasks.classification import Classification
+
+
+@dataclass
+class BenchSetup:
+    teacher: str = "resnet32"
+    student: str = "resnet8"
+    batch_size: int = 64
+    steps: int = 20
+    repeats: int = 3
+    image: int = 32
+    num_classes: int = 100
+    tau: float = 4.0
+
+
+def _data(s: BenchSetup) -> DataBundle:
+    g = torch.Generator().manual_seed(0)
+    n = s.batch_size * s.steps
+    x = torch.randn(n, 3, s.image, s.image, generator=g)
+    y = torch.randint(0, s.num_classes, (n,), generator=g)
+    empty = Split({"x": x[:0], "y": y[:0]})
+    return DataBundle(Split({"x": x, "y": y}), empty, empty, s.num_classes, (3, s.image, s.image))
+
+
+def _models(s: BenchSetup):
+    seed_everything(0)
+    shape = (3, s.image, s.image)
+    teacher = MODELS.get(s.teacher).obj(num_classes=s.num_classes, input_shape=shape).eval()
+    student = MODELS.get(s.student).obj(num_classes=s.num_classes, input_shape=shape)
+    return teacher, student
+
+
+def kdlab_step_times(s: BenchSetup, methods: list[MethodSpec]) -> list[float]:
+    """Per-step seconds of one epoch of kdlab's real training loop (evaluation excluded)."""
+    data = _data(s)
+    teacher, student = _models(s)
+    task = Classification(data)
+    device = torch.device("cpu")
+    uses_teacher = any(m.name != "ce" for m in methods)
+    teachers = [teacher] if uses_teacher else []
+    ms, ws = build_methods(methods, method_context(data, student, teachers, 1, device, task))
+    spec = TrainSpec(epochs=1, optimizer=OptimizerSpec(name="sgd", lr=0.01), schedule=ScheduleSpec(name="constant"))
+    trainer = Trainer(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task, train=spec,
+                      batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device)
+    res = trainer.fit()
+    return [res.history[0]["train_time"] / s.steps]
+
+
+def handwritten_step_times(s: BenchSetup) -> list[float]:
+    """The same work written directly: the baseline an expert would write."""
+    data = _data(s)
+    teacher, student = _models(s)
+    teacher.requires_grad_(False)
+    opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x_all, y_all = data.train["x"], data.train["y"]
+    perm = torch.randperm(len(y_all), generator=torch.Generator().manual_seed(0))
+    tau = s.tau
+    student.train()
+    t0 = time.perf_counter()
+    for b in range(s.steps):
+        idx = perm[b * s.batch_size : (b + 1) * s.batch_size]
+        x, y = x_all[idx], y_all[idx]
+        with torch.inference_mode():
+            t_logits = teacher(x)
+        t_logits = t_logits.clone()
+        logits = student(x)
+        kl = F.kl_div(F.log_softmax(logits / tau, -1), F.log_softmax(t_logits / tau, -1), reduction="batchmean",
+                      log_target=True)
+        loss = 0.5 * F.cross_entropy(logits, y) + 0.5 * tau * tau * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return [(time.perf_counter() - t0) / s.steps]
+
+
+def run(s: BenchSetup | None = None, log=print) -> dict[str, float]:
+    s = s or BenchSetup()
+    kd = [MethodSpec(name="ce", weight=0.5), MethodSpec(name="kd", weight=0.5, tau=s.tau)]
+    ce = [MethodSpec(name="ce")]
+    times: dict[str, list[float]] = {"kdlab_kd": [], "hand_kd": [], "kdlab_ce": []}
+    handwritten_step_times(s)  # warm-up: allocator, kernels
+    for r in range(s.repeats):
+        times["hand_kd"] += handwritten_step_times(s)
+        times["kdlab_kd"] += kdlab_step_times(s, kd)
+        times["kdlab_ce"] += kdlab_step_times(s, ce)
+        log(f"  repeat {r + 1}/{s.repeats}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f} ms" for k, v in times.items()))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        **{f"{k}_ms": v * 1e3 for k, v in med.items()},
+        "engine_overhead_ratio": med["kdlab_kd"] / med["hand_kd"],
+        "kd_over_ce_ratio": med["kdlab_kd"] / med["kdlab_ce"],
+        "threads": torch.get_num_threads(),
+    }

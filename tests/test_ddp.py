@@ -1,0 +1,35 @@
+"""Two CPU processes under torchrun (gloo) give the metrics of a single-process run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import write_config
+from kdlab.store.runstore import RunStore
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_process_ddp_matches_single_process(tmp_path):
+    # MLPs without batch norm or dropout: per-rank statistics would differ by design.
+    cfg = write_config(tmp_path, train={"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}})
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    single, multi = str(tmp_path / "single"), str(tmp_path / "ddp")
+    base = ["-m", "kdlab", "run", cfg, "--quiet", "--device", "cpu", "--store"]
+    r = subprocess.run([sys.executable, *base, single], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base, multi],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = RunStore(single).rows(), RunStore(multi).rows()
+    assert len(b) == 2  # teacher + student, written once (by rank 0 only)
+    for kind in ("teacher", "student"):
+        sa = next(x for x in a if x["kind"] == kind)["summary"]
+        sb = next(x for x in b if x["kind"] == kind)["summary"]
+        assert sb["test_loss"] == pytest.approx(sa["test_loss"], rel=1e-3)
+        assert abs(sb["test_top1"] - sa["test_top1"]) <= 0.5
+        assert abs(sb["val_top1"] - sa["val_top1"]) <= 0.5

@@ -79,7 +79,8 @@ def test_all_expected_models_registered():
         assert "arXiv:" in entry.reference or "doi:" in entry.reference
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) | set(MODELS.names())))
+# The classification zoo; task-specific models (ranking, LM, subclass wrapper) have their own tests.
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 @torch.no_grad()
 def test_contract(name):
     m = model(name)

@@ -253,6 +253,9 @@ class Trainer:
                     bar.advance(1)
             for m in self.methods:
                 m.on_epoch_end(epoch)
+            # Non-loss statistics a method measured during the epoch (e.g. an inconsistency rate).
+            method_metrics = {k: v for m in self.methods if hasattr(m, "epoch_metrics") for k, v in m.epoch_metrics().items()}
+            train_time = time.perf_counter() - t0
             sums["n"] = torch.tensor(float(steps), device=self.device)
             totals = D.all_reduce_sums(sums)
             if not math.isfinite(totals["total"]):
@@ -264,7 +267,9 @@ class Trainer:
                 "epoch": epoch,
                 "lr": opt.param_groups[0]["lr"],
                 "time": time.perf_counter() - t0,
+                "train_time": train_time,
                 **{f"train_{k}": v for k, v in train_terms.items()},
+                **{f"train_{k}": v for k, v in method_metrics.items()},
                 **{f"val_{k}": v for k, v in val.items()},
             }
             history.append(record)
@@ -303,6 +308,10 @@ class Trainer:
             out["best_epoch"] = best["epoch"]
             out[f"best_val_{metric}"] = best.get(f"val_{metric}")
         out["mean_epoch_time"] = sum(h["time"] for h in history) / max(len(history), 1)
+        for m in self.methods:  # instruments (record_w, geometry, teacher_check) report here
+            stats = getattr(m, "summary_stats", None)
+            if callable(stats):
+                out.update(stats())
         return out
 
     def _save(self, name, epoch, opt, history, best, full: bool) -> None:

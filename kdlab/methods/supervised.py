@@ -16,7 +16,8 @@ class CE(Method):
         return Needs(teacher=False)
 
     def forward(self, batch, student, teachers):
-        return {"ce": F.cross_entropy(student.logits, batch["y"])}
+        # flatten: (B, T, V) token logits of language models as well as (B, C)
+        return {"ce": F.cross_entropy(student.logits.flatten(0, -2), batch["y"].flatten())}
 
 
 @register_method(
@@ -34,4 +35,5 @@ class LabelSmoothing(Method):
         return Needs(teacher=False)
 
     def forward(self, batch, student, teachers):
-        return {"ls": F.cross_entropy(student.logits, batch["y"], label_smoothing=self.params.eps)}
+        logits, y = student.logits.flatten(0, -2), batch["y"].flatten()
+        return {"ls": F.cross_entropy(logits, y, label_smoothing=self.params.eps)}

@@ -14,6 +14,7 @@ from kdlab.config.schema import MethodSpec, ModelSpec, TrainSpec
 from kdlab.data.base import DataBundle
 from kdlab.engine import distributed as D
 from kdlab.engine.seeding import seed_everything
+from kdlab.errors import KdlabError
 from kdlab.engine.trainer import NonFiniteLoss, Trainer, TrainResult
 from kdlab.pipelines.building import arch_record, build_methods, build_model, method_context
 from kdlab.pipelines.context import RunContext
@@ -72,6 +73,13 @@ def train_stage(
     methods, weights = build_methods(
         method_specs, method_context(data, model, teachers, train.epochs, ctx.device, task)
     )
+    for m in methods:
+        limit = m.needs().max_teachers
+        if getattr(m, "uses_teacher", True) and limit is not None and len(teachers) > limit:
+            raise KdlabError(
+                f"method '{m.name}' reads {limit} teacher(s) but {len(teachers)} are configured: use a multi-teacher"
+                " method (avg, ca_mkd, aekd) or give a single `teacher`"
+            )
     run, resume_from = None, None
     if ctx.store is not None:
         if env.main:

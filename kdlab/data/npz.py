@@ -1,0 +1,143 @@
+"""Arrays from a local .npz file: `x`, `y`, and optionally `x_test`, `y_test`."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdlab.data._common import check_fractions, split_train_val
+from kdlab.data.augment import to_unit_float
+from kdlab.data.base import DataBundle, Split, split_arrays
+from kdlab.errors import KdlabError
+from kdlab.registry import DATASETS
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise KdlabError(
+            f"data path '{path}' does not exist; give data.params.path=… pointing to an .npz"
+            " with arrays x and y"
+        )
+    unreadable = "cannot read '{}' as an .npz archive ({}); save it with numpy.savez"
+    try:
+        data = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise KdlabError(unreadable.format(path, e)) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise KdlabError(
+            f"'{path}' holds a single array, not an .npz archive; save it with"
+            " numpy.savez(path, x=..., y=...)"
+        )
+    try:
+        return {k: data[k] for k in data.files}
+    except ValueError as e:  # object arrays need pickle, which is refused
+        raise KdlabError(
+            f"'{path}' holds object (pickled) arrays ({e}); save plain numeric arrays x and y"
+            " with numpy.savez"
+        ) from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise KdlabError(unreadable.format(path, e)) from None
+    finally:
+        data.close()
+
+
+def _labels(y: np.ndarray, name: str, path: str) -> np.ndarray:
+    """int64 labels, or a KdlabError for labels that are not non-negative integers."""
+    if y.ndim != 1:
+        raise KdlabError(f"array '{name}' in '{path}' has shape {y.shape}; labels must be 1-D (N,)")
+    if y.dtype == bool or np.issubdtype(y.dtype, np.integer):
+        out = y.astype(np.int64)
+    elif np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y) & (y == np.round(y))):
+        out = y.astype(np.int64)
+    else:
+        raise KdlabError(
+            f"array '{name}' in '{path}' has non-integer labels (dtype {y.dtype}); store class"
+            " indices 0..K-1 as integers"
+        )
+    if len(out) and out.min() < 0:
+        raise KdlabError(
+            f"array '{name}' in '{path}' has negative labels; use class indices 0..K-1"
+        )
+    return out
+
+
+def _inputs(x: np.ndarray, name: str, path: str) -> np.ndarray:
+    if x.ndim < 2:
+        raise KdlabError(
+            f"array '{name}' in '{path}' has shape {x.shape}; inputs must be (N, features...)"
+        )
+    if x.dtype == np.uint8:
+        return x  # kept as uint8 in memory, scaled to [0, 1] by `prepare`
+    numeric = np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)
+    if x.dtype == bool or numeric:
+        return x.astype(np.float32)
+    raise KdlabError(f"array '{name}' in '{path}' has dtype {x.dtype}; inputs must be numeric")
+
+
+@DATASETS.register(
+    "npz",
+    "arrays x, y (and optional x_test, y_test) from a local .npz file",
+    "numpy.savez format",
+)
+def build_npz(
+    path: str,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> DataBundle:
+    """Without x_test/y_test: seeded, stratified train/val/test split of x, y. With them: they
+    are the test split and val is carved from x, y (val_fraction=0: val is the test split).
+    uint8 inputs stay uint8 in memory and are scaled to [0, 1] per batch; others are float32."""
+    check_fractions(val_fraction, test_fraction)
+    arrays = _load_npz(path)
+    missing = [k for k in ("x", "y") if k not in arrays]
+    if missing:
+        raise KdlabError(
+            f"'{path}' has no array {' or '.join(repr(k) for k in missing)} (it has:"
+            f" {', '.join(sorted(arrays)) or 'nothing'}); save it with"
+            " numpy.savez(path, x=..., y=...)"
+        )
+    x, y = _inputs(arrays["x"], "x", path), _labels(arrays["y"], "y", path)
+    if len(x) != len(y):
+        raise KdlabError(f"'{path}': x has {len(x)} rows but y has {len(y)}; they must match")
+    if len(y) == 0:
+        raise KdlabError(f"'{path}': x and y are empty")
+    has_test = "x_test" in arrays or "y_test" in arrays
+    meta = {"path": str(path)}
+    if has_test:
+        if "x_test" not in arrays or "y_test" not in arrays:
+            raise KdlabError(f"'{path}' has only one of x_test, y_test; give both or neither")
+        x_test = _inputs(arrays["x_test"], "x_test", path)
+        y_test = _labels(arrays["y_test"], "y_test", path)
+        if len(x_test) != len(y_test):
+            raise KdlabError(
+                f"'{path}': x_test has {len(x_test)} rows but y_test has {len(y_test)};"
+                " they must match"
+            )
+        if x_test.shape[1:] != x.shape[1:]:
+            raise KdlabError(
+                f"'{path}': x_test rows are {x_test.shape[1:]} but x rows are {x.shape[1:]};"
+                " they must match"
+            )
+        x_test = x_test.astype(x.dtype)
+        train, val = split_train_val(x, y, seed, val_fraction)
+        test = Split({"x": torch.as_tensor(x_test), "y": torch.as_tensor(y_test)})
+        if val is None:
+            val, meta["val_is_test"] = test, True
+        labels_max = max(int(y.max()), int(y_test.max()) if len(y_test) else 0)
+    else:
+        train, val, test = split_arrays(x, y, seed, val_fraction, test_fraction)
+        labels_max = int(y.max())
+    return DataBundle(
+        train=train,
+        val=val,
+        test=test,
+        num_classes=labels_max + 1,
+        input_shape=tuple(int(s) for s in x.shape[1:]),
+        prepare=to_unit_float if x.dtype == np.uint8 else None,
+        meta=meta,
+    )

@@ -1,0 +1,89 @@
+"""`ban`: Born-Again Networks (Furlanello et al. 2018, arXiv:1805.04770).
+
+Generation 0 is the student architecture trained with the experiment's `methods` (usually
+`ce`). Generation k (1…generations) is the same architecture trained with the pipeline's
+`distill` methods, taught by generation k−1 — or, with `ensemble_teacher: true`, by the
+ensemble of all earlier generations (their averaged probabilities; its logits are the log of
+that average). Every generation runs on every seed; the result also gives the test accuracy
+of the ensemble of all generations (BAN's "born-again ensemble").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from kdlab.config.schema import Experiment, MethodSpec, stable_hash
+from kdlab.engine.evaluation import evaluate
+from kdlab.pipelines.building import load_data
+from kdlab.pipelines.context import RunContext
+from kdlab.pipelines.training import train_stage
+from kdlab.registry import PIPELINES
+from kdlab.tasks.base import get_task
+
+
+def _default_distill() -> list[MethodSpec]:
+    return [MethodSpec(name="kd", tau=1.0)]
+
+
+class BANParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    generations: int = Field(2, ge=1, le=20)  # born-again generations after generation 0
+    ensemble_teacher: bool = False
+    distill: list[MethodSpec] = Field(default_factory=_default_distill, min_length=1)
+
+
+class Ensemble(nn.Module):
+    """Averages the members' probabilities; returns log of the average as logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x):
+        probs = torch.stack([m(x).float().softmax(-1) for m in self.members]).mean(0)
+        return probs.clamp_min(1e-12).log()
+
+
+@dataclass
+class BANResult:
+    name: str
+    metric: str
+    results: dict[str, list[dict]] = field(default_factory=dict)
+
+    def render(self):
+        from kdlab.report.tables import comparison_rows, rich_table
+
+        header, rows = comparison_rows(self.results, self.metric, "gen0", label="generation")
+        return rich_table(header, rows, title=f"{self.name} (born-again generations)")
+
+
+@PIPELINES.register("ban", "born-again networks: generation k of the same architecture distilled from k-1 (or the ensemble)", params=BANParams)
+def run_ban(exp: Experiment, ctx: RunContext) -> BANResult:
+    params: BANParams = exp.pipeline.params()
+    data = load_data(exp.data).to(ctx.device)
+    task = get_task(data)
+    out = BANResult(exp.name, task.primary_metric)
+    base = exp.group_hash(exp.methods)
+    for seed in exp.seeds:
+        gens: list[nn.Module] = []
+        for k in range(params.generations + 1):
+            methods = exp.methods if k == 0 else params.distill
+            teachers = [] if k == 0 else [Ensemble(gens) if params.ensemble_teacher and k > 1 else gens[-1]]
+            variant = f"gen{k}"
+            stage = train_stage(
+                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods, teachers=teachers,
+                data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
+                eval_batch_size=exp.data.eval_batch_size, seed=seed, variant=variant,
+                grp=stable_hash({"ban": base, "gen": k, "params": params.model_dump(mode="json")}),
+                config={**exp.model_dump(mode="json"), "methods": [m.model_dump(mode="json") for m in methods],
+                        "seed": seed, "variant": variant},
+            )
+            gens.append(stage.model.eval())
+            out.results.setdefault(variant, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
+        ens = evaluate(Ensemble(gens), data.test, task, data.prepare, exp.data.eval_batch_size)
+        out.results.setdefault("ensemble", []).append({"seed": seed, **{f"test_{k}": v for k, v in ens.items()}})
+    return out

@@ -1,0 +1,205 @@
+"""`pipeline: {name: education}`: education distillation (Feng et al., arXiv:2311.13811)
+compared, on the same seeds and epoch budget, with the CE student, single-teacher KD and
+the multi-teacher `avg` and `ca_mkd` baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from kdlab.config.schema import Experiment, MethodSpec, stable_hash
+from kdlab.engine.checkpoint import FORMAT, save_atomic
+from kdlab.engine.evaluation import evaluate
+from kdlab.engine.seeding import seed_everything
+from kdlab.errors import KdlabError
+from kdlab.pipelines.building import arch_record, build_model, load_data
+from kdlab.pipelines.context import RunContext
+from kdlab.pipelines.education.grades import plan_grades, train_education
+from kdlab.pipelines.education.group_teachers import (
+    group_bundle,
+    obtain_generalists,
+    per_group_teachers,
+    sliced_generalists,
+)
+from kdlab.pipelines.education.growth import check_staged
+from kdlab.pipelines.education.params import EducationParams
+from kdlab.pipelines.education.partition import confusion_matrix, partition_classes
+from kdlab.pipelines.training import train_stage
+from kdlab.registry import PIPELINES
+from kdlab.report.stats import fmt, mean_std
+from kdlab.tasks.base import get_task
+
+
+@dataclass
+class EducationResult:
+    name: str
+    metric: str
+    groups: list[list[int]]
+    grade_starts: list[int]
+    # variant ("ed", "ce", "kd", "avg", "ca_mkd") -> one summary per seed
+    results: dict[str, list[dict]] = field(default_factory=dict)
+    teachers: list[dict] = field(default_factory=list)
+    plot_path: Optional[str] = None
+
+    def grade_table(self) -> list[list[tuple[float, float] | None]]:
+        """[grade][group] -> (mean, std) of the test accuracy on the group at the grade's end."""
+        runs = [r["grade_accuracy"] for r in self.results.get("ed", [])]
+        table = []
+        for g in range(len(self.grade_starts)):
+            row = []
+            for k in range(len(self.groups)):
+                vals = [r[g][str(k + 1)] for r in runs if str(k + 1) in r[g]]
+                row.append(mean_std(vals) if vals else None)
+            table.append(row)
+        return table
+
+    def render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        from kdlab.report.tables import comparison_rows, rich_table
+
+        parts = [Text(f"groups: " + "; ".join(f"{k + 1}: {g}" for k, g in enumerate(self.groups)))]
+        for t in self.teachers:
+            parts.append(Text(f"{t['role']}: {t['params']:,} params, test {self.metric} {t['test_top1']:.2f} "
+                              f"(on its {t['classes']} classes)"))
+        header, rows = comparison_rows(self.results, self.metric, "ce" if "ce" in self.results else None, label="method")
+        parts.append(rich_table(header, rows, title=f"{self.name}: final test {self.metric}, mean ± std over seeds"))
+        gh = ["after grade (epochs)"] + [f"group {k + 1}" for k in range(len(self.groups))]
+        ends = self.grade_starts[1:] + [None]
+        grows = []
+        for g, row in enumerate(self.grade_table()):
+            span = f"{self.grade_starts[g] + 1}-{ends[g]}" if ends[g] is not None else f"{self.grade_starts[g] + 1}-end"
+            grows.append([f"{g + 1} ({span})"] + [fmt(*c) if c else "–" for c in row])
+        parts.append(rich_table(gh, grows, title="ED: test accuracy on each group at the end of each grade"))
+        if self.plot_path:
+            parts.append(Text(f"forgetting plot: {self.plot_path}"))
+        return Group(*parts)
+
+
+def baseline_methods(name: str, p: EducationParams) -> list[MethodSpec]:
+    """The baselines use ED's mix: alpha * CE + (1 - alpha) * (KD term at the same tau)."""
+    if name == "ce":
+        return [MethodSpec(name="ce")]
+    return [MethodSpec(name="ce", weight=p.alpha), MethodSpec(name=name, weight=1 - p.alpha, tau=p.tau)]
+
+
+def _teacher_info(role, model, data, task, classes) -> dict:
+    ev = evaluate(model, data.test, task, data.prepare, 1024)
+    return {"role": role, "params": sum(q.numel() for q in model.parameters()), "test_top1": ev.get("top1", float("nan")),
+            "classes": classes}
+
+
+@PIPELINES.register(
+    "education",
+    "education distillation: grow the student grade by grade from per-group teachers, vs CE/KD/avg/CA-MKD",
+    "Feng et al. 2023, arXiv:2311.13811",
+    params=EducationParams,
+)
+def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
+    p: EducationParams = exp.pipeline.params()
+    data = load_data(exp.data).to(ctx.device)
+    task = get_task(data)
+    if task.name != "classification":
+        raise KdlabError(f"education distillation is for classification data; '{exp.data.name}' is a {task.name} task")
+    if ctx.stop_after_epoch is not None:
+        ctx.log("note: --stop-after-epoch applies to the teachers and baselines; ED's grade loop runs whole")
+    seed_everything(exp.seeds[0])
+    body = check_staged(build_model(exp.student, data))
+
+    # Full-class teachers: generalist 0 for KD, the confusion partition and sliced teaching;
+    # `baseline_teachers` of them for the multi-teacher baselines.
+    n_gen = 0
+    if "kd" in p.baselines or p.partition == "confusion":
+        n_gen = 1
+    if p.teacher_mode == "generalist":
+        n_gen = max(n_gen, p.teachers_per_group)
+    if {"avg", "ca_mkd"} & set(p.baselines):
+        n_gen = max(n_gen, p.baseline_teachers)
+    generalists = obtain_generalists(ctx, exp, data, task, n_gen) if n_gen else []
+    generalists = [g.to(ctx.device).eval() for g in generalists]
+
+    confusion = None
+    if p.partition == "confusion":
+        with torch.inference_mode():
+            x = data.prepare(data.val["x"]) if data.prepare else data.val["x"]
+            confusion = confusion_matrix(generalists[0](x), data.val["y"], data.num_classes)
+    groups = partition_classes(p.partition, data.num_classes, p.groups, p.group_sizes, p.partition_seed,
+                               data.superclass, confusion)
+    plan = plan_grades(p, groups, body, exp.train.epochs)
+    ctx.log("education groups: " + "; ".join(f"{k + 1}: {g}" for k, g in enumerate(groups)))
+
+    if p.teacher_mode == "per_group":
+        teachers = per_group_teachers(ctx, exp, data, task, p, groups)
+    else:
+        teachers = sliced_generalists(generalists, groups, p.teachers_per_group)
+
+    out = EducationResult(exp.name, task.primary_metric, groups, plan.starts)
+    for i, gt in enumerate(generalists):
+        out.teachers.append(_teacher_info(f"teacher {i} (all classes)", gt, data, task, data.num_classes))
+    if p.teacher_mode == "per_group":
+        for k, gt in enumerate(teachers):
+            for i, m in enumerate(gt.models):
+                out.teachers.append(_teacher_info(f"group {k + 1} teacher {i}", m, group_bundle(data, groups[k]), task,
+                                                  len(groups[k])))
+
+    base_cfg = exp.model_dump(mode="json", exclude={"variants"})
+    ed_grp = stable_hash({"experiment": exp.group_hash(), "variant": "ed"})
+    arch = arch_record(exp.student, data)
+    histories = []
+    for seed in exp.seeds:
+        seed_everything(seed)  # the student's initialisation is part of what the seed fixes
+        student = build_model(exp.student, data)
+        run = None
+        if ctx.store is not None and ctx.env.main:
+            run = ctx.store.create(name=exp.name, kind="student", grp=ed_grp, seed=seed, variant="ed",
+                                   config={**base_cfg, "seed": seed, "variant": "ed", "groups": groups})
+        try:
+            ed = train_education(
+                student=student, data=data, plan=plan, teachers=teachers, params=p, train=exp.train,
+                batch_size=exp.data.batch_size, eval_batch_size=exp.data.eval_batch_size, seed=seed,
+                device=ctx.device, progress=ctx.reporter if ctx.env.main else None, label=f"ed seed {seed}",
+                log_metrics=run.log_metrics if run is not None else None,
+            )
+        except BaseException as e:
+            if run is not None:
+                run.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            raise
+        # Same test metric as the baselines: the plain student through the task's evaluation.
+        final = evaluate(student, data.test, task, data.prepare, exp.data.eval_batch_size)
+        ed.summary.update({f"test_{k}": v for k, v in final.items()})
+        if run is not None:
+            save_atomic({"format": FORMAT, "arch": arch, "epoch": plan.epochs - 1, "model": student.state_dict(),
+                         "best": {}}, run.ckpt("last"))
+            best = ed.best_state or student.state_dict()
+            save_atomic({"format": FORMAT, "arch": arch, "epoch": ed.summary.get("best_epoch", plan.epochs - 1),
+                         "model": best, "best": {}}, run.ckpt("best"))
+            run.finish("done", {**ed.summary, "run_id": run.id, "seed": seed})
+        histories.append(ed.history)
+        out.results.setdefault("ed", []).append({**ed.summary, "run_id": run.id if run else None, "seed": seed})
+
+    for name in p.baselines:
+        methods = baseline_methods(name, p)
+        ts = [] if name == "ce" else generalists[:1] if name == "kd" else generalists[: p.baseline_teachers]
+        grp = exp.group_hash(methods)
+        for seed in exp.seeds:
+            stage = train_stage(
+                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods, teachers=ts,
+                data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
+                eval_batch_size=exp.data.eval_batch_size, seed=seed, grp=grp, variant=name,
+                config={**base_cfg, "methods": [m.model_dump(mode="json") for m in methods], "seed": seed, "variant": name},
+            )
+            out.results.setdefault(name, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
+
+    if ctx.env.main:
+        from kdlab.report.forgetting import forgetting_plot
+
+        root = Path(ctx.store.root) if ctx.store is not None else Path(".")
+        target = root / "education" / f"{exp.name}-{exp.group_hash()}" / "forgetting.png"
+        out.plot_path = str(forgetting_plot(histories, len(groups), plan.starts, target,
+                                            title=f"{exp.name}: ED accuracy per class group ({len(exp.seeds)} seeds)"))
+        ctx.log(f"forgetting plot: {out.plot_path}")
+    return out

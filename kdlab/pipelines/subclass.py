@@ -1,0 +1,90 @@
+"""`subclass` pipeline: the subclass-distillation comparison, one teacher per seed.
+
+For every seed: train (or reuse) the teacher with that seed, evaluate it, then train every
+variant's student from it with the same seed. Teacher and students therefore all have a
+spread over seeds. When the data keeps finer labels (`fine`), the result also shows which
+natural subclasses the first seed's teacher's learned subclasses capture (test split).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from kdlab.config.schema import Experiment
+from kdlab.engine.evaluation import evaluate
+from kdlab.errors import KdlabError
+from kdlab.pipelines.building import load_data
+from kdlab.pipelines.context import RunContext
+from kdlab.pipelines.teachers import obtain_teacher
+from kdlab.pipelines.training import train_stage
+from kdlab.registry import PIPELINES
+from kdlab.tasks.base import get_task
+
+
+class SubclassParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    table: bool = True  # show the learned-subclass × fine-label table when `fine` exists
+
+
+@dataclass
+class SubclassResult:
+    name: str
+    metric: str
+    results: dict[str, list[dict]] = field(default_factory=dict)  # "teacher" and each variant
+    baseline: Optional[str] = None
+    counts: object = None
+    subclasses: int = 0
+    fine_names: Optional[list[str]] = None
+
+    def render(self):
+        from rich.console import Group
+
+        from kdlab.report.subclasses import counts_rows, purity
+        from kdlab.report.tables import comparison_rows, rich_table
+
+        header, rows = comparison_rows(self.results, self.metric, self.baseline)
+        parts = [rich_table(header, rows, title=self.name)]
+        if self.counts is not None:
+            h, r = counts_rows(self.counts, self.subclasses, self.fine_names)
+            parts.append(rich_table(h, r, title=f"teacher (seed {self.results['teacher'][0]['seed']}): learned subclass × "
+                                    f"fine label, test split; purity {purity(self.counts):.1f}%"))
+        return Group(*parts)
+
+
+@PIPELINES.register("subclass", "subclass distillation comparison: one teacher per seed, then every variant", params=SubclassParams)
+def run_subclass(exp: Experiment, ctx: RunContext) -> SubclassResult:
+    params = exp.pipeline.params() if exp.pipeline else SubclassParams()
+    if exp.teacher is None:
+        raise KdlabError("the subclass pipeline needs a `teacher:` section (a subclass-head model trained with ce + subclass_aux)")
+    data = load_data(exp.data).to(ctx.device)
+    task = get_task(data)
+    sets = exp.method_sets()
+    out = SubclassResult(exp.name, task.primary_metric, baseline="scratch" if "scratch" in sets else None)
+    first_teacher = None
+    for seed in exp.seeds:
+        spec = exp.teacher.model_copy(update={"seed": seed})
+        teacher = obtain_teacher(ctx, spec, exp, data, task)
+        first_teacher = first_teacher or teacher
+        ev = evaluate(teacher, data.test, task, data.prepare, exp.data.eval_batch_size)
+        out.results.setdefault("teacher", []).append(
+            {"params": sum(p.numel() for p in teacher.parameters()), "seed": seed, **{f"test_{k}": v for k, v in ev.items()}}
+        )
+        for variant, methods in sets.items():
+            stage = train_stage(
+                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods,
+                teachers=[teacher], data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
+                eval_batch_size=exp.data.eval_batch_size, seed=seed, grp=exp.group_hash(methods), variant=variant,
+                config={**exp.model_dump(mode="json", exclude={"variants"}), "methods": [m.model_dump(mode="json") for m in methods],
+                        "seed": seed, "variant": variant},
+            )
+            out.results.setdefault(variant, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
+    if params.table and "fine" in data.test.tensors and hasattr(first_teacher, "subclass_forward"):
+        from kdlab.report.subclasses import subclass_counts
+
+        out.counts = subclass_counts(first_teacher, data.test, data.prepare, exp.data.eval_batch_size)
+        out.subclasses = first_teacher.subclasses
+        out.fine_names = data.meta.get("fine_names")
+    return out

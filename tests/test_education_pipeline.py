@@ -1,0 +1,82 @@
+"""`pipeline: {name: education}` end to end on tiny built-in data: a 3-grade schedule,
+per-group teachers stored and reused, baselines, the forgetting plot, the final checkpoint."""
+
+import io
+import sqlite3
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from kdlab.config.schema import Experiment
+from kdlab.engine.checkpoint import load_model_state, read_checkpoint
+from kdlab.errors import KdlabError
+from kdlab.pipelines.building import build_model, load_data
+from kdlab.pipelines.runner import run_experiment
+
+TRAIN = {"epochs": 6, "optimizer": {"lr": 0.02}, "schedule": {"name": "constant"}}
+
+
+def _exp(**pipeline):
+    return Experiment.model_validate({
+        "name": "ed-tiny",
+        "seeds": [0],
+        "device": "cpu",
+        "data": {"name": "hierarchy", "batch_size": 32,
+                 "params": {"num_superclasses": 3, "classes_per_superclass": 2, "dim": 8, "samples_per_class": 30}},
+        "teacher": {"model": {"name": "mlp", "params": {"hidden": [32]}}, "train": {**TRAIN, "epochs": 4}},
+        "student": {"name": "mlp", "params": {"hidden": [16, 16, 16]}},
+        "train": TRAIN,
+        "pipeline": {"name": "education", "groups": 3, "partition": "superclass", "grade_epochs": [0, 2, 4],
+                     "baselines": ["ce", "kd", "avg"], "baseline_teachers": 2, **pipeline},
+    })
+
+
+def _teacher_rows(store):
+    with sqlite3.connect(Path(store) / "index.sqlite") as db:
+        return db.execute("SELECT id FROM runs WHERE kind='teacher'").fetchall()
+
+
+@pytest.mark.slow
+def test_education_pipeline_three_grades_end_to_end(store):
+    exp = _exp()
+    result = run_experiment(exp, store=store, progress=False)
+    assert set(result.results) == {"ed", "ce", "kd", "avg"}
+    # superclass partition: classes 2s, 2s+1 share a superclass, hence a group
+    assert sorted(result.groups) == [[0, 1], [2, 3], [4, 5]]
+    ed = result.results["ed"][0]
+    assert [len(g) for g in ed["grade_accuracy"]] == [1, 2, 3]
+    assert 0 <= ed["test_top1"] <= 100 and "best_test_top1" in ed
+    assert Path(result.plot_path).is_file() and Path(result.plot_path).stat().st_size > 1000
+    # 3 group teachers + 2 full-class teachers, each a stored stage
+    assert len(_teacher_rows(store)) == 5
+    roles = [t["role"] for t in result.teachers]
+    assert roles.count("group 1 teacher 0") == 1 and sum(t["classes"] == 2 for t in result.teachers) == 3
+    # The final ED weights load into a plain student: no missing or unexpected keys.
+    data = load_data(exp.data)
+    plain = build_model(exp.student, data)
+    ck = read_checkpoint(Path(store) / ed["run_id"] / "checkpoints" / "best.pt")
+    load_model_state(plain, ck["model"], "ed", "student")
+    # A rich rendering with both tables.
+    out = io.StringIO()
+    Console(file=out, width=140).print(result.render())
+    text = out.getvalue()
+    assert "gain over ce" in text and "end of each grade" in text and "forgetting plot" in text
+    # Running again reuses every teacher instead of training it again.
+    run_experiment(_exp(baselines=["ce"]), store=store, progress=False)
+    assert len(_teacher_rows(store)) == 5
+
+
+def test_generalist_mode_and_confusion_partition(store):
+    exp = _exp(teacher_mode="generalist", partition="confusion", baselines=[], grade_stages=[0, 2, 3])
+    result = run_experiment(exp, store=store, progress=False)
+    assert set(result.results) == {"ed"}
+    assert sorted(c for g in result.groups for c in g) == list(range(6))
+    assert len(_teacher_rows(store)) == 1  # only the generalist, sliced per group
+
+
+def test_bad_education_settings_are_clear_errors(store):
+    with pytest.raises(KdlabError, match="last grade must use all 3"):
+        run_experiment(_exp(grade_stages=[1, 1, 2], baselines=[]), store=store, progress=False)
+    with pytest.raises(Exception, match="grade_epochs"):
+        _exp(grade_epochs=[1, 2, 4])

@@ -1,0 +1,55 @@
+"""Rank-biased sampling: empirical frequencies follow exp(-r/T) over the top-M ranks."""
+
+import numpy as np
+import torch
+
+from kdlab.tasks.ranking_ops import sample_ranks
+
+
+def test_rank_frequencies_follow_exp_minus_r_over_T():
+    torch.manual_seed(0)
+    m, T = 20, 5.0
+    draws = sample_ranks(4000, m, 10, T, replacement=True)
+    assert draws.min() >= 0 and draws.max() < m
+    freq = np.bincount(draws.flatten().numpy(), minlength=m) / draws.numel()
+    p = np.exp(-np.arange(1, m + 1) / T)
+    p /= p.sum()
+    # 40k draws: each frequency within 4 standard errors of its probability.
+    se = np.sqrt(p * (1 - p) / draws.numel())
+    assert np.all(np.abs(freq - p) < 4 * se + 1e-4), (freq, p)
+    # The ratio of neighbouring ranks is e^{-1/T}.
+    assert freq[0] / freq[1] == __import__("pytest").approx(np.exp(1 / T), rel=0.05)
+
+
+def test_without_replacement_gives_distinct_ranks():
+    torch.manual_seed(1)
+    draws = sample_ranks(50, 30, 10, 10.0, replacement=False)
+    assert all(len(set(r.tolist())) == 10 for r in draws)
+    # Low ranks are still preferred: rank 0 appears far more often than rank 29.
+    counts = np.bincount(draws.flatten().numpy(), minlength=30)
+    assert counts[0] > counts[29]
+
+
+def test_rrd_samples_in_teacher_order_and_outside_top_m():
+    from kdlab.data.recsys_synthetic import recsys_synthetic
+    from kdlab.methods.base import MethodContext
+    from kdlab.methods.rank_rrd import RRD
+    from kdlab.models.recsys_mf import bpr_mf
+    from kdlab.tasks.base import get_task
+
+    torch.manual_seed(0)
+    data = recsys_synthetic(seed=0, users=40, items=60, dim=4, mean_interactions=10, k_core=2)
+    task = get_task(data)
+    s, t = bpr_mf(**data.model_args, dim=4), bpr_mf(**data.model_args, dim=8)
+    ctx = MethodContext(num_classes=1, student=s, teachers=[t], train_size=1, epochs=1,
+                        device=torch.device("cpu"), data=data, task=task)
+    m = RRD(RRD.Params(K=5, L=30, M=15), ctx)
+    batch = {k: v[:100] for k, v in data.train.tensors.items()}
+    m.build(task.forward(s, batch), [task.forward(t, batch)])
+    users = batch["x"]
+    inter, unint = m.sample(users)
+    for b, u in enumerate(users.tolist()):
+        top = m._top[u].tolist()
+        pos = [top.index(i) for i in inter[b].tolist()]
+        assert pos == sorted(pos) and len(set(pos)) == 5
+        assert not set(unint[b].tolist()) & set(top)

@@ -38,7 +38,7 @@ def test_run_lands_in_store_and_reuses_teacher(tmp_path, store, capsys):
     rows = RunStore(store).rows()
     assert sum(r["kind"] == "teacher" for r in rows) == 1
     assert sum(r["kind"] == "student" for r in rows) == 2
-    out = capsys.readouterr().out + capsys.readouterr().err
+    capsys.readouterr()
 
     assert cli("runs", "--store", store) == 0
     ids = [r["id"] for r in rows if r["kind"] == "student"]

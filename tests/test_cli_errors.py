@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from helpers import TINY, cli, write_config
+from helpers import cli, write_config
 from kdlab.models.mlp import mlp
 
 

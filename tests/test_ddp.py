@@ -1,7 +1,9 @@
 """Two CPU processes under torchrun (gloo) give the metrics of a single-process run."""
 
+import json
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -30,6 +32,12 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     for kind in ("teacher", "student"):
         sa = next(x for x in a if x["kind"] == kind)["summary"]
         sb = next(x for x in b if x["kind"] == kind)["summary"]
+        # Same global batches and averaged gradients: equal up to float summation order, which
+        # can flip a near-tie prediction or two (one sample is 0.28 points of digits' test split).
         assert sb["test_loss"] == pytest.approx(sa["test_loss"], rel=1e-3)
-        assert abs(sb["test_top1"] - sa["test_top1"]) <= 0.5
-        assert abs(sb["val_top1"] - sa["val_top1"]) <= 0.5
+        assert abs(sb["test_top1"] - sa["test_top1"]) <= 1.0
+        assert abs(sb["val_top1"] - sa["val_top1"]) <= 1.0
+        ha = [json.loads(l) for l in Path(next(x for x in a if x["kind"] == kind)["path"], "metrics.jsonl").open()]
+        hb = [json.loads(l) for l in Path(next(x for x in b if x["kind"] == kind)["path"], "metrics.jsonl").open()]
+        for ea, eb in zip(ha, hb, strict=True):  # the train losses are reduced over ranks, not per rank
+            assert eb["train_total"] == pytest.approx(ea["train_total"], rel=1e-3)

@@ -3,7 +3,6 @@ re-implementations of their formulas on fixed tensors, with their learned parts 
 end-to-end run of every feature and relation method through the real engine."""
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from kdlab.cli.main import main
-from kdlab.config.load import load_config, validate
+from kdlab.config.load import validate
 from kdlab.pipelines.runner import run_experiment
 from kdlab.registry import DATASETS
 from kdlab.store.runstore import RunStore

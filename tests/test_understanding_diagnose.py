@@ -2,7 +2,6 @@
 instruments' numbers from real training."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

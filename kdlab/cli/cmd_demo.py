@@ -41,7 +41,7 @@ def demo_table(res):
     header = ["model", "parameters", f"test {metric} (mean ± std)", "KD gain over CE"]
     rows = []
     for i, t in enumerate(res.teachers):
-        rows.append([f"teacher", f"{t['params']:,}", fmt(t[f"test_{metric}"]), ""])
+        rows.append(["teacher", f"{t['params']:,}", fmt(t[f"test_{metric}"]), ""])
     ce = [r[f"test_{metric}"] for r in res.results.get("ce", [])]
     for name, runs in res.results.items():
         vals = [r[f"test_{metric}"] for r in runs]

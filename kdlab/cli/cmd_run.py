@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdlab.cli.common import add_run_options, console, main_print
+from kdlab.cli.common import add_run_options, console
 from kdlab.config.load import load_config
 
 

@@ -43,6 +43,9 @@ class DataSpec(Strict):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     split_seed: int = 0  # the train/val/test split; fixed across training seeds
+    # Keep a seeded, stratified fraction of the training split (val and test are untouched):
+    # e.g. a student distilled on a small transfer set from a teacher trained on all of it.
+    train_fraction: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self):
@@ -116,9 +119,12 @@ def _default_methods() -> list[MethodSpec]:
 class TeacherSpec(Strict):
     model: ModelSpec
     checkpoint: Optional[str] = None  # load instead of training
+    # The data the teacher is trained on, when it differs from the student's (default: the same).
+    data: Optional[DataSpec] = None
     # How the teacher is trained when no checkpoint is given (default: the experiment's train).
     train: Optional[TrainSpec] = None
-    methods: list[MethodSpec] = Field(default_factory=_default_methods)
+    # How the teacher itself is trained; default: the task's supervised loss (ce, or bpr for ranking).
+    methods: Optional[list[MethodSpec]] = None
     seed: Optional[int] = None  # default: the experiment's first seed
 
 

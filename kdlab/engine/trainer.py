@@ -261,7 +261,7 @@ class Trainer:
             if not math.isfinite(totals["total"]):
                 self._non_finite(epoch, steps - 1, sums)
             n = totals.pop("n")
-            train_terms = {k: v / n / self.env.world for k, v in totals.items()}
+            train_terms = {k: v / n for k, v in totals.items()}  # n counts steps on every rank
             val = self.evaluate(self.student, self.data.val)
             record = {
                 "epoch": epoch,

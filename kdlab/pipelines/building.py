@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from kdlab.config.schema import DataSpec, MethodSpec, ModelSpec
-from kdlab.data.base import DataBundle
+from kdlab.data.base import DataBundle, Split
 from kdlab.methods.base import Method, MethodContext
 from kdlab.registry import DATASETS, METHODS, MODELS
 
@@ -15,7 +17,27 @@ def load_data(spec: DataSpec) -> DataBundle:
     """The split is seeded by `data.split_seed`, not the training seed, so every seed of an
     experiment (and its teacher) sees the same train/val/test split."""
     params = dict(spec.params)
-    return DATASETS.get(spec.name).obj(seed=spec.split_seed, **params)
+    data = DATASETS.get(spec.name).obj(seed=spec.split_seed, **params)
+    if spec.train_fraction < 1:
+        data = dataclasses.replace(data, train=subsample(data.train, spec.train_fraction, spec.split_seed))
+    return data
+
+
+def subsample(split: Split, fraction: float, seed: int) -> Split:
+    """A stratified (by `y` when it holds class labels) seeded fraction of a split."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    y = split.tensors.get("y")
+    if y is not None and y.dim() == 1 and not y.is_floating_point():
+        keep = []
+        for c in torch.unique(y):
+            idx = torch.nonzero(y == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            keep.append(idx[: max(1, round(len(idx) * fraction))])
+        index = torch.cat(keep).sort().values
+    else:
+        n = len(split)
+        index = torch.randperm(n, generator=g)[: max(1, round(n * fraction))].sort().values
+    return split.subset(index)
 
 
 def build_model(spec: ModelSpec, data: DataBundle) -> nn.Module:

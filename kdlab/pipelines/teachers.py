@@ -8,24 +8,29 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdlab.config.schema import Experiment, TeacherSpec, stable_hash
+from kdlab.config.schema import Experiment, MethodSpec, TeacherSpec, stable_hash
 from kdlab.data.base import DataBundle
 from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import load_model_state, read_checkpoint
-from kdlab.pipelines.building import build_model
+from kdlab.errors import KdlabError
+from kdlab.pipelines.building import build_model, load_data
 from kdlab.pipelines.context import RunContext
 from kdlab.pipelines.training import train_stage
 from kdlab.tasks.base import Task
 
 
-def teacher_key(spec: TeacherSpec, exp: Experiment) -> str:
+def teacher_methods(spec: TeacherSpec, task: Task) -> list[MethodSpec]:
+    return spec.methods if spec.methods else [MethodSpec(name=task.default_method)]
+
+
+def teacher_key(spec: TeacherSpec, exp: Experiment, task: Task) -> str:
     train = spec.train or exp.train
     seed = spec.seed if spec.seed is not None else exp.seeds[0]
     return stable_hash(
         {
-            "data": exp.data.model_dump(mode="json"),
+            "data": (spec.data or exp.data).model_dump(mode="json"),
             "model": spec.model.model_dump(mode="json"),
-            "methods": [m.model_dump(mode="json") for m in spec.methods],
+            "methods": [m.model_dump(mode="json") for m in teacher_methods(spec, task)],
             "train": train.model_dump(mode="json"),
             "seed": seed,
         }
@@ -41,9 +46,27 @@ def load_teacher(spec: TeacherSpec, data: DataBundle, path: str, role: str = "te
 
 def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: DataBundle, task: Task, index: int = 0) -> nn.Module:
     role = f"teacher {index}" if len(exp.all_teachers()) > 1 else "teacher"
+    if spec.data is not None:
+        own = load_data(spec.data).to(ctx.device)
+        if own.num_classes != data.num_classes or tuple(own.input_shape) != tuple(data.input_shape):
+            raise KdlabError(
+                f"{role}'s data ({spec.data.name}: {own.num_classes} classes, input {tuple(own.input_shape)}) does not "
+                f"match the student's ({exp.data.name}: {data.num_classes} classes, input {tuple(data.input_shape)})"
+            )
+        data = own
     if spec.checkpoint:
         return load_teacher(spec, data, spec.checkpoint, role)
-    key = teacher_key(spec, exp)
+    return train_or_reuse_teacher(
+        ctx, spec, exp, data, task, key=teacher_key(spec, exp, task), role=role,
+        name=f"{exp.name}-teacher{index}", data_spec=spec.data or exp.data,
+    )
+
+
+def train_or_reuse_teacher(
+    ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: DataBundle, task: Task, *, key: str, role: str,
+    name: str, data_spec, extra_config: dict | None = None,
+) -> nn.Module:
+    """The stored teacher with this key if there is one, else train it as a stage and store it."""
     found = ctx.store.find_done(key) if ctx.store is not None else None
     path = D.broadcast_object(str(found.ckpt("best")) if found is not None else None)
     if path is not None:
@@ -53,21 +76,21 @@ def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: Da
     train = spec.train or exp.train
     stage = train_stage(
         ctx,
-        name=f"{exp.name}-teacher{index}",
+        name=name,
         kind="teacher",
         model_spec=spec.model,
-        method_specs=spec.methods,
+        method_specs=teacher_methods(spec, task),
         teachers=[],
         data=data,
         task=task,
         train=train,
-        batch_size=exp.data.batch_size,
-        eval_batch_size=exp.data.eval_batch_size,
+        batch_size=data_spec.batch_size,
+        eval_batch_size=data_spec.eval_batch_size,
         seed=seed,
         grp=key,
         key=key,
         config={"teacher_of": exp.name, **spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "data": exp.data.model_dump(mode="json"), "seed": seed},
+                "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {})},
         label=f"{role} {spec.model.name}",
     )
     # Distil from the best-on-validation weights, as the stored teacher would be.

@@ -121,7 +121,9 @@ def train_stage(
     interrupted = "interrupted_after_epoch" in result.summary
     if run is not None:
         run.finish("interrupted" if interrupted else "done", {**result.summary, "run_id": run.id, "seed": seed})
+    # Every rank must see the same run (rank 0 made it), or ranks take different paths after this.
+    run_id, run_path = D.broadcast_object((run.id, str(run.path)) if run is not None else (None, None))
     D.barrier()
     if interrupted:
-        raise RunStopped(result.summary["interrupted_after_epoch"], run.id if run else None)
-    return StageResult(result, run.id if run else None, str(run.path) if run else None)
+        raise RunStopped(result.summary["interrupted_after_epoch"], run_id)
+    return StageResult(result, run_id, run_path)

@@ -18,6 +18,8 @@ class Task:
     name: ClassVar[str] = ""
     primary_metric: ClassVar[str] = "top1"
     higher_is_better: ClassVar[bool] = True
+    # The plain supervised method: how a teacher is trained when its config names none.
+    default_method: ClassVar[str] = "ce"
 
     def __init__(self, data):
         self.data = data

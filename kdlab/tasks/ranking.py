@@ -28,6 +28,7 @@ class Ranking(Task):
 
     name = "ranking"
     primary_metric = "ndcg20"
+    default_method = "bpr"
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Outputs:
         t = model_tables(model)

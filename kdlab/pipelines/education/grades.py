@@ -21,7 +21,7 @@ from kdlab.config.schema import TrainSpec
 from kdlab.data.base import DataBundle, Split
 from kdlab.engine.loader import TensorLoader
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
-from kdlab.engine.seeding import derive, generator, seed_everything
+from kdlab.engine.seeding import derive, generator
 from kdlab.errors import KdlabError
 from kdlab.pipelines.education.growth import GradeModel, check_grade_stages, check_staged, column_index, default_grade_stages
 from kdlab.pipelines.education.group_teachers import GroupTeacher

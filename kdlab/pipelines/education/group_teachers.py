@@ -11,12 +11,10 @@ from torch import Tensor, nn
 
 from kdlab.config.schema import Experiment, TeacherSpec, stable_hash
 from kdlab.data.base import DataBundle, Split
-from kdlab.engine import distributed as D
 from kdlab.errors import KdlabError
 from kdlab.pipelines.context import RunContext
 from kdlab.pipelines.education.params import EducationParams
-from kdlab.pipelines.teachers import load_teacher, obtain_teacher, teacher_key
-from kdlab.pipelines.training import train_stage
+from kdlab.pipelines.teachers import load_teacher, obtain_teacher, teacher_key, train_or_reuse_teacher
 from kdlab.tasks.base import Task
 
 
@@ -91,27 +89,12 @@ def obtain_group_teacher(ctx: RunContext, exp: Experiment, data: DataBundle, tas
     class list, so another experiment with the same group reuses it."""
     if spec.checkpoint:
         return load_teacher(spec, group_bundle(data, classes), spec.checkpoint, label)
-    key = stable_hash({"teacher": teacher_key(spec, exp), "classes": [int(c) for c in classes]})
-    sub = group_bundle(data, classes)
-    found = ctx.store.find_done(key) if ctx.store is not None else None
-    path = D.broadcast_object(str(found.ckpt("best")) if found is not None else None)
-    if path is not None:
-        ctx.log(f"{label}: reusing {found.id if found else 'stored teacher'} (same data, classes, model, recipe, seed)")
-        return load_teacher(spec, sub, path, label)
-    seed = spec.seed if spec.seed is not None else exp.seeds[0]
-    train = spec.train or exp.train
-    stage = train_stage(
-        ctx, name=f"{exp.name}-{label.replace(' ', '')}", kind="teacher", model_spec=spec.model,
-        method_specs=spec.methods, teachers=[], data=sub, task=task, train=train,
-        batch_size=exp.data.batch_size, eval_batch_size=exp.data.eval_batch_size, seed=seed, grp=key, key=key,
-        config={"teacher_of": exp.name, "classes": [int(c) for c in classes], **spec.model_dump(mode="json"),
-                "train": train.model_dump(mode="json"), "data": exp.data.model_dump(mode="json"), "seed": seed},
-        label=label,
+    key = stable_hash({"teacher": teacher_key(spec, exp, task), "classes": [int(c) for c in classes]})
+    return train_or_reuse_teacher(
+        ctx, spec, exp, group_bundle(data, classes), task, key=key, role=label,
+        name=f"{exp.name}-{label.replace(' ', '')}", data_spec=exp.data,
+        extra_config={"classes": [int(c) for c in classes]},
     )
-    if stage.run_path is not None:
-        D.barrier()
-        return load_teacher(spec, sub, str(stage.run_path) + "/checkpoints/best.pt", label)
-    return stage.model.eval()
 
 
 def per_group_teachers(ctx: RunContext, exp: Experiment, data: DataBundle, task: Task, p: EducationParams,

@@ -62,7 +62,7 @@ class EducationResult:
 
         from kdlab.report.tables import comparison_rows, rich_table
 
-        parts = [Text(f"groups: " + "; ".join(f"{k + 1}: {g}" for k, g in enumerate(self.groups)))]
+        parts = [Text("groups: " + "; ".join(f"{k + 1}: {g}" for k, g in enumerate(self.groups)))]
         for t in self.teachers:
             parts.append(Text(f"{t['role']}: {t['params']:,} params, test {self.metric} {t['test_top1']:.2f} "
                               f"(on its {t['classes']} classes)"))

@@ -282,7 +282,7 @@ class Trainer:
             if self.run is not None and self.env.main:
                 self.run.log_metrics(record)
             if bar is not None:
-                bar.update(description=f"{self.label} ep {epoch + 1}/{epochs} {metric} {score:.2f}" if score is not None else None)
+                bar.update(description=f"{self.label} ep {epoch + 1}/{epochs} val {metric} {score:.2f}" if score is not None else None)
         if bar is not None:
             bar.done()
         finished = last_epoch == epochs

@@ -101,6 +101,13 @@ def matched_ls_eps(teacher, data, tau: float) -> float:
     return float(min(max((1 - q_t) * k / (k - 1), 0.0), 0.99))
 
 
+def teacher_train_size(exp: Experiment, data) -> int:
+    spec = exp.all_teachers()[0]
+    if spec.checkpoint:
+        return -1  # unknown: a loaded checkpoint
+    return len(data.train) if spec.data is None else len(load_data(spec.data).train)
+
+
 def _default_report_dir(ctx: RunContext, name: str) -> str:
     root = Path(ctx.store.root) if ctx.store is not None else Path("kdlab-reports")
     return str(root / "reports" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -142,6 +149,9 @@ def run_diagnose(exp: Experiment, ctx: RunContext, report_dir: Optional[str] = N
             "epochs": exp.train.epochs,
             "num_classes": data.num_classes,
             "train_size": len(data.train),
+            # Transfer-set regime (teacher.data / data.train_fraction): the teacher saw its own
+            # training split; the student, the w probe and the teacher diagnostics use the student's.
+            "teacher_train_size": teacher_train_size(exp, data),
         },
         seeds=list(exp.seeds),
         reference_name=ref_name,

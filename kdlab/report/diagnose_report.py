@@ -188,13 +188,22 @@ def plot_teacher(res, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- blocks
+def _transfer_note(setup: dict) -> str:
+    """Says so when the student learns from a transfer set smaller than the teacher's data."""
+    n_t = setup.get("teacher_train_size", -1)
+    if n_t is None or n_t < 0 or n_t == setup["train_size"]:
+        return ""
+    return (f"; the teacher was trained on {n_t}, so the student's {setup['train_size']} form a transfer set, on which "
+            f"the teacher diagnostics and w are measured")
+
+
 def build_blocks(res, a: dict) -> list[tuple]:
     p, s, t = res.params, res.setup, res.teacher
     metric = res.metric
     B: list[tuple] = [("h1", f"kdlab diagnose: {res.name}")]
     B.append(("p", f"Teacher {s['teacher']} ({s['teacher_params']:,} parameters, test {metric} "
                    f"{res.teacher_test.get('test_' + metric, float('nan')):.2f}) → student {s['student']} on "
-                   f"'{s['data']}' ({s['num_classes']} classes, {s['train_size']} training examples); "
+                   f"'{s['data']}' ({s['num_classes']} classes, {s['train_size']} training examples{_transfer_note(s)}); "
                    f"{s['epochs']} epochs per student, seeds {res.seeds} (one teacher; the spread is over student seeds). "
                    f"λ = {p['lam']:g}, τ = {p['tau']:g}, similarity temperature {p['sim_tau']:g}, "
                    f"LS ε = {p['ls_eps_used']:.3f}{' (matched to the teacher’s mean wrong-class mass)' if p['ls_eps'] is None else ''}. "

@@ -22,7 +22,8 @@ class _Bar:
             self.progress.update(self.id, description=description)
 
     def done(self) -> None:
-        self.progress.update(self.id, visible=False)
+        # A finished bar stays as a one-line record of the run (description holds the metric).
+        self.progress.update(self.id, completed=self.progress.tasks[self.id].total)
 
 
 class Reporter:

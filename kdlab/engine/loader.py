@@ -63,12 +63,18 @@ class TensorLoader:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.world > 1:
                 idx = idx[self.rank :: self.world]
-            batch = {k: v[idx] for k, v in self.split.tensors.items()}
-            batch["index"] = idx
-            x = batch["x"]
-            if self.prepare is not None:
-                x = self.prepare(x)
-            if self.augment is not None:
-                x = self.augment(x, aug_gen)
-            batch["x"] = x
-            yield batch
+            yield cut_batch(self.split, idx, self.prepare, self.augment, aug_gen)
+
+
+def cut_batch(split: Split, index: Tensor, prepare=None, augment=None, generator=None) -> dict[str, Tensor]:
+    """Samples `index` of a split as a batch: every tensor indexed, `x` prepared and augmented."""
+    batch = {k: v[index] for k, v in split.tensors.items()}
+    batch["index"] = index
+    if "x" in batch:
+        x = batch["x"]
+        if prepare is not None:
+            x = prepare(x)
+        if augment is not None:
+            x = augment(x, generator)
+        batch["x"] = x
+    return batch

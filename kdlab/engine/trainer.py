@@ -254,7 +254,7 @@ class Trainer:
             for m in self.methods:
                 m.on_epoch_end(epoch)
             # Non-loss statistics a method measured during the epoch (e.g. an inconsistency rate).
-            method_metrics = {k: v for m in self.methods if hasattr(m, "epoch_metrics") for k, v in m.epoch_metrics().items()}
+            method_metrics = {k: v for m in self.methods for k, v in m.epoch_metrics().items()}
             train_time = time.perf_counter() - t0
             sums["n"] = torch.tensor(float(steps), device=self.device)
             totals = D.all_reduce_sums(sums)
@@ -309,9 +309,7 @@ class Trainer:
             out[f"best_val_{metric}"] = best.get(f"val_{metric}")
         out["mean_epoch_time"] = sum(h["time"] for h in history) / max(len(history), 1)
         for m in self.methods:  # instruments (record_w, geometry, teacher_check) report here
-            stats = getattr(m, "summary_stats", None)
-            if callable(stats):
-                out.update(stats())
+            out.update(m.summary_stats())
         return out
 
     def _save(self, name, epoch, opt, history, best, full: bool) -> None:

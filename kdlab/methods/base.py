@@ -100,6 +100,15 @@ class Method(nn.Module):
         """Rewrite a training batch before the forward passes (e.g. append paired samples)."""
         return batch
 
+    # Reports: figures a method measured that are not losses.
+    def epoch_metrics(self) -> dict[str, float]:
+        """Logged each epoch as `train_<name>` (e.g. a preference-inconsistency rate)."""
+        return {}
+
+    def summary_stats(self) -> dict[str, Any]:
+        """Merged into the run's summary when training ends (instruments such as record_w)."""
+        return {}
+
 
 def register_method(name: str, description: str, reference: str = ""):
     def deco(cls):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from kdlab.engine.loader import cut_batch
 from kdlab.engine.seeding import generator
 
 
@@ -19,15 +20,7 @@ def epoch_generators(device) -> tuple[torch.Generator, torch.Generator]:
 
 def draw_train(data, index: Tensor, aug_gen: torch.Generator | None) -> dict[str, Tensor]:
     """Training samples `index` as the loader would give them: prepared and augmented."""
-    batch = {k: v[index] for k, v in data.train.tensors.items()}
-    batch["index"] = index
-    x = batch["x"]
-    if data.prepare is not None:
-        x = data.prepare(x)
-    if data.augment is not None:
-        x = data.augment(x, aug_gen)
-    batch["x"] = x
-    return batch
+    return cut_batch(data.train, index, data.prepare, data.augment, aug_gen)
 
 
 def concat_batches(a: dict[str, Tensor], b: dict[str, Tensor]) -> dict[str, Tensor]:

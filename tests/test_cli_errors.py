@@ -156,3 +156,17 @@ def test_console_script_exit_code_and_debug(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr and "resnet20" in r.stderr
     r = subprocess.run([sys.executable, "-m", "kdlab", "--debug", "validate", cfg], capture_output=True, text=True, env=env)
     assert "Traceback" in r.stderr
+
+
+def test_wrong_layer_path_fails_before_any_training(tmp_path, capsys, store):
+    from kdlab.store.runstore import RunStore
+
+    cfg = write_config(
+        tmp_path,
+        teacher={"model": {"name": "cnn2d"}},
+        student={"name": "cnn2d", "params": {"channels": [8, 16, 32]}},
+        methods=[{"name": "ce"}, {"name": "fitnet", "student_layers": ["layr2.1"], "teacher_layers": ["hint:1"]}],
+    )
+    code, lines, err = run_bad(capsys, "run", cfg, "--store", store, "--quiet")
+    assert_clear(code, lines, err, "student", "layr2.1", "Close paths: layer2.1")
+    assert RunStore(store).rows() == []  # not even the teacher was trained

@@ -23,8 +23,8 @@ def test_diagnose_teacher_on_full_data_students_on_a_transfer_set(tmp_path):
     assert main(["diagnose", str(path), "--store", str(tmp_path / "s"), "--out", str(out), "--quiet"]) == 0
     res = json.loads((out / "results.json").read_text())
     setup = res["setup"]
-    # 6 classes x 30 samples, 70% train = 126; the students get a stratified half of it.
-    assert setup["teacher_train_size"] == 126 and setup["train_size"] == 63
+    # 6 classes x 30 samples, 70% train = 126 (21 a class); the students get 10 a class (stratified half).
+    assert setup["teacher_train_size"] == 126 and setup["train_size"] == 60
     assert "transfer set" in (out / "report.md").read_text()
     # The teacher stage really trained on the full split, the students on the fraction.
     runs = [yaml.safe_load(p.read_text()) for p in (tmp_path / "s").glob("*/config.yaml")]

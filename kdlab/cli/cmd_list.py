@@ -44,6 +44,6 @@ def _layers(args) -> int:
     hints = set(getattr(model, "hint_points", []))
     for name, module in model.named_modules():
         if name:
-            mark = "  [hint]" if name in hints else ""
+            mark = "  \\[hint]" if name in hints else ""
             console.print(f"{name}  [dim]{type(module).__name__}[/dim]{mark}", highlight=False)
     return 0

@@ -76,3 +76,14 @@ def method_context(data: DataBundle, student, teachers, epochs: int, device: tor
         data=data,
         task=task,
     )
+
+
+def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
+    """Build every variant's methods against untrained student and teacher models, so a wrong
+    layer path or hyper-parameter fails before any teacher or student trains."""
+    if not any(m.needs_layers for ms in exp.method_sets().values() for m in ms):
+        return
+    student = build_model(exp.student, data)
+    teachers = [build_model(t.model, data) for t in exp.all_teachers()]
+    for specs in exp.method_sets().values():
+        build_methods(specs, method_context(data, student, teachers, exp.train.epochs, device, task))

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from kdlab.config.schema import Experiment
 from kdlab.engine.evaluation import evaluate
-from kdlab.pipelines.building import load_data
+from kdlab.pipelines.building import load_data, preflight
 from kdlab.pipelines.context import RunContext
 from kdlab.pipelines.teachers import obtain_teachers
 from kdlab.pipelines.training import train_stage
@@ -28,6 +28,7 @@ class ExperimentResult:
 def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     data = load_data(exp.data).to(ctx.device)
     task = get_task(data)
+    preflight(exp, data, task, ctx.device)
     # Teachers are trained or loaded only if some method reads them.
     teachers = obtain_teachers(ctx, exp, data, task) if exp.uses_teacher() else []
     out = ExperimentResult(exp.name, task.primary_metric)

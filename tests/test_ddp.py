@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 import sys
@@ -22,11 +23,14 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     base = ["-m", "kdlab", "run", cfg, "--quiet", "--device", "cpu", "--store"]
     r = subprocess.run([sys.executable, *base, single], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base, multi],
-        capture_output=True, text=True, env=env, timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base, multi]
+    r = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode != 0 and "Signal 6 (SIGABRT)" in r.stderr:
+        # Rarely, on a loaded machine, gloo aborts a rank while the processes tear down (seen once
+        # in ~30 runs, never reproduced on demand). One fresh retry; a second abort still fails.
+        shutil.rmtree(multi, ignore_errors=True)
+        r = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-6000:]
     a, b = RunStore(single).rows(), RunStore(multi).rows()
     assert len(b) == 2  # teacher + student, written once (by rank 0 only)
     for kind in ("teacher", "student"):

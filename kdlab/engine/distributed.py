@@ -86,5 +86,9 @@ def _collective_device(t: torch.Tensor) -> torch.device:
 def shutdown() -> None:
     global _ENV
     if dist.is_initialized():
-        dist.destroy_process_group()
+        # Leave together: a rank that tears gloo down while another still talks to it aborts.
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
     _ENV = None

@@ -141,3 +141,77 @@ def test_kd_sim_class_mean_source_when_the_head_is_not_linear():
     s = np.exp(mn @ mn.T / 0.5)
     s /= s.sum(1, keepdims=True)
     assert np.allclose(m.sim.numpy(), s, atol=1e-6)
+
+
+def _softmax_np(z, tau):
+    e = np.exp((z - z.max(1, keepdims=True)) / tau)
+    return e / e.sum(1, keepdims=True)
+
+
+def _class_mean_target_setup():
+    # A linear teacher (it has `fc`, so `auto` would use its weight rows; class_mean_target must not).
+    w = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.5]])
+    teacher = Head(w)
+    x = torch.tensor([[1.0, 0.2], [2.0, -0.5], [0.3, 1.0], [1.0, 1.0], [0.0, 2.0], [-1.0, 0.1], [-0.5, 1.5]])
+    y = torch.tensor([0, 0, 1, 1, 2, 3, 3])
+    data = SimpleNamespace(train=Split({"x": x, "y": y}), prepare=None)
+    logits = x.numpy().astype(float) @ w.numpy().astype(float).T
+    return teacher, data, x, y, logits
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.5])
+def test_kd_sim_class_mean_target_is_the_class_mean_teacher_distribution(tau):
+    teacher, data, x, y, logits = _class_mean_target_setup()
+    m = KDSimilarity(MethodSpec(name="kd_sim", tau=tau, sim_tau=0.1, sim_source="class_mean_target").build_params(),
+                     _ctx(teacher, k=4, data=data))
+    m.build(None, [])
+    p = _softmax_np(logits, tau)
+    expect = np.stack([p[y.numpy() == c].mean(0) for c in range(4)])
+    assert np.allclose(m.sim.numpy(), expect, atol=1e-6)
+    assert np.allclose(m.sim.sum(1).numpy(), 1.0, atol=1e-6) and bool((m.sim >= 0).all())
+    # The forward target of an example of class c is that row, whatever sim_tau says.
+    zs = torch.tensor([[0.5, 0.1, -0.2, 0.0], [0.0, 0.3, 0.9, -1.0]])
+    yb = torch.tensor([3, 1])
+    out = m({"y": yb, "index": torch.tensor([0, 1])}, Outputs(logits=zs), [Outputs(logits=zs)])
+    assert float(out["kd_sim"]) == pytest.approx(np_loss(zs.numpy(), expect[yb.numpy()], tau), rel=1e-5)
+    # Not the cosine/softmax of the same class means (the older `class_mean` source).
+    old = KDSimilarity(MethodSpec(name="kd_sim", tau=tau, sim_tau=0.1, sim_source="class_mean").build_params(),
+                       _ctx(teacher, k=4, data=data))
+    old.build(None, [])
+    assert not np.allclose(old.sim.numpy(), expect, atol=1e-3)
+
+
+def test_kd_pt_sim_class_mean_target_keeps_q_t_and_spreads_by_class_mean_wrong_mass():
+    tau = 2.0
+    teacher, data, x, y, logits = _class_mean_target_setup()
+    m = KDPartialSimilarity(MethodSpec(name="kd_pt_sim", tau=tau, sim_source="class_mean_target").build_params(),
+                            _ctx(teacher, k=4, data=data))
+    m.build(None, [])
+    p = _softmax_np(logits, tau)
+    means = np.stack([p[y.numpy() == c].mean(0) for c in range(4)])
+    zt = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.5, 1.5, 0.2], [1.0, 1.0, 1.0, 3.0]])
+    yb = torch.tensor([0, 2, 1])
+    q = _softmax_np(zt.numpy().astype(float), tau)
+    target = np.zeros((3, 4))
+    for i, t in enumerate(yb.tolist()):
+        others = [j for j in range(4) if j != t]
+        target[i, t] = q[i, t]
+        wrong = sum(means[t, j] for j in others)
+        for j in others:
+            target[i, j] = (1 - q[i, t]) * means[t, j] / wrong
+    assert np.allclose(target.sum(1), 1.0)
+    zs = torch.tensor([[0.5, 0.1, -0.2, 0.0], [0.0, 0.3, 0.9, -1.0], [1.0, -1.0, 0.0, 0.5]])
+    out = m({"y": yb, "index": torch.arange(3)}, Outputs(logits=zs), [Outputs(logits=zt)])
+    assert float(out["kd_pt_sim"]) == pytest.approx(np_loss(zs.numpy(), target, tau), rel=1e-5)
+    # The target itself: a distribution with q_t on the true class.
+    r = pt_sim_targets(torch.softmax(zt / tau, 1), yb, m.sim)
+    assert np.allclose(r.numpy(), target, atol=1e-6)
+
+
+def test_diagnose_passes_sim_source_to_the_relationship_rungs():
+    from kdlab.pipelines.diagnose import DiagnoseParams, ladder_methods
+
+    rungs = ladder_methods(DiagnoseParams(sim_source="class_mean_target"), ls_eps=0.1)
+    for rung, name in (("KD-sim", "kd_sim"), ("KD-pt+sim", "kd_pt_sim")):
+        spec = next(m for m in rungs[rung] if m.name == name)
+        assert spec.build_params().sim_source == "class_mean_target"

@@ -13,7 +13,12 @@ config (put `ce` beside it with weight 1-λ). With `alpha` set, the method mixes
 q is the teacher's distribution at temperature tau. The class-similarity rows s_c come from the
 L2-normalised rows of the teacher's last linear layer (`fc.weight`), or, when the teacher has
 no linear `fc` (or `sim_source: class_mean`), from its class-mean distributions on the training
-set, normalised the same way (kdlab's choice: the same cosine/softmax formula on other vectors).
+set, normalised the same way (the same cosine/softmax formula on other vectors).
+
+`sim_source: class_mean_target` is kdlab's reading of the spec's "from the class-mean teacher
+distribution": s_c IS the mean of softmax(teacher / tau) over the class-c training examples (the
+teacher's targets with the per-example variation averaged out), used directly, with no
+cosine/softmax step (whose self-similarity of 1 swamps weakly structured class vectors).
 """
 
 from __future__ import annotations
@@ -65,8 +70,8 @@ def pt_sim_targets(teacher_probs: Tensor, y: Tensor, sim: Tensor) -> Tensor:
 
 
 def class_mean_probs(teacher: nn.Module, x: Tensor, y: Tensor, num_classes: int, prepare=None,
-                     batch_size: int = 1024) -> Tensor:
-    """Mean teacher distribution (tau = 1) over the training examples of each class."""
+                     batch_size: int = 1024, tau: float = 1.0) -> Tensor:
+    """Mean teacher distribution softmax(teacher / tau) over the training examples of each class."""
     sums = torch.zeros(num_classes, num_classes, device=x.device)
     counts = torch.zeros(num_classes, device=x.device)
     was = teacher.training
@@ -75,7 +80,7 @@ def class_mean_probs(teacher: nn.Module, x: Tensor, y: Tensor, num_classes: int,
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
             xb = prepare(xb) if prepare is not None else xb
-            p = F.softmax(teacher(xb).float(), dim=1)
+            p = F.softmax(teacher(xb).float() / tau, dim=1)
             sums.index_add_(0, y[i : i + batch_size], p)
             counts.index_add_(0, y[i : i + batch_size], torch.ones(len(p), device=x.device))
     teacher.train(was)
@@ -85,6 +90,19 @@ def class_mean_probs(teacher: nn.Module, x: Tensor, y: Tensor, num_classes: int,
     return sums / counts[:, None]
 
 
+def _train_xy(ctx: MethodContext) -> tuple[Tensor, Tensor]:
+    data = ctx.data
+    if data is None or "x" not in data.train.tensors or "y" not in data.train.tensors:
+        raise KdlabError("class-mean similarity targets need the training split (x, y) in the method context")
+    return data.train["x"], data.train["y"]
+
+
+def class_mean_targets(teacher: nn.Module, ctx: MethodContext, tau: float) -> Tensor:
+    """Row c: the mean of softmax(teacher / tau) over the class-c examples the student trains on."""
+    x, y = _train_xy(ctx)
+    return class_mean_probs(teacher, x, y, ctx.num_classes, ctx.data.prepare, tau=tau)
+
+
 def teacher_class_vectors(teacher: nn.Module, ctx: MethodContext, source: str) -> Tensor:
     """The vectors whose cosine similarities define the classes' similarity targets."""
     fc = getattr(teacher, "fc", None)
@@ -92,10 +110,8 @@ def teacher_class_vectors(teacher: nn.Module, ctx: MethodContext, source: str) -
         if not isinstance(fc, nn.Linear):
             raise KdlabError("sim_source 'fc' needs a teacher whose last layer `fc` is nn.Linear; use sim_source: class_mean")
         return fc.weight.detach().clone()
-    data = ctx.data
-    if data is None or "x" not in data.train.tensors or "y" not in data.train.tensors:
-        raise KdlabError("class-mean similarity targets need the training split (x, y) in the method context")
-    return class_mean_probs(teacher, data.train["x"], data.train["y"], ctx.num_classes, data.prepare)
+    x, y = _train_xy(ctx)
+    return class_mean_probs(teacher, x, y, ctx.num_classes, ctx.data.prepare)
 
 
 class _SyntheticTeacher(Method):
@@ -130,6 +146,10 @@ class _SimilarityMixin:
 
     def build(self, student, teachers) -> None:
         ctx = self._ctx[0]
+        if self.params.sim_source == "class_mean_target":
+            # Already one distribution per class: used as is (sim_tau plays no part).
+            self.sim = class_mean_targets(ctx.teachers[0], ctx, self.params.tau).to(self.sim.device)
+            return
         vecs = teacher_class_vectors(ctx.teachers[0], ctx, self.params.sim_source)
         if vecs.shape[0] != ctx.num_classes:
             raise KdlabError(f"{self.name}: the teacher has {vecs.shape[0]} class vectors but the data has {ctx.num_classes} classes")
@@ -149,7 +169,9 @@ class KDPartialTeacher(_SyntheticTeacher):
 
 class _SimParams(_SyntheticTeacher.Params):
     sim_tau: float = Field(0.1, gt=0)  # temperature of the softmax over cosine similarities
-    sim_source: Literal["auto", "fc", "class_mean"] = "auto"
+    # auto/fc/class_mean: cosine/softmax of class vectors; class_mean_target: the teacher's
+    # class-mean distribution at tau, used directly.
+    sim_source: Literal["auto", "fc", "class_mean", "class_mean_target"] = "auto"
 
 
 @register_method(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ class DiagnoseParams(BaseModel):
     lam: float = Field(0.9, gt=0, le=1)  # weight λ of the teacher term; CE gets 1-λ
     tau: float = Field(1.0, gt=0)  # temperature of KD, KD-pt and KD-pt+sim (and the students)
     sim_tau: float = Field(0.1, gt=0)  # temperature of the class-similarity softmax
+    # Where KD-sim / KD-pt+sim get their class relationships (kd_sim's `sim_source`).
+    sim_source: Literal["auto", "fc", "class_mean", "class_mean_target"] = "auto"
     # Label smoothing ε; None: matched to the teacher's mean wrong-class mass at tau.
     ls_eps: Optional[float] = Field(None, ge=0, lt=1)
     report_dir: Optional[str] = None  # default: <store>/reports/<name>-<time>
@@ -80,7 +82,7 @@ def ladder_methods(p: DiagnoseParams, ls_eps: float) -> dict[str, list[MethodSpe
     lam, tau = p.lam, p.tau
     ce = [MethodSpec(name="ce", weight=1 - lam)] if lam < 1 else []
     probe = [MethodSpec(name="record_w")]
-    sim = {"tau": tau, "sim_tau": p.sim_tau}
+    sim = {"tau": tau, "sim_tau": p.sim_tau, "sim_source": p.sim_source}
     return {
         "CE": [MethodSpec(name="ce"), *probe],
         "LS": [MethodSpec(name="ls", eps=ls_eps), *probe],

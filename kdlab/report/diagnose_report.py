@@ -106,7 +106,7 @@ def plot_ladder(res, a: dict, path: Path) -> None:
         pad = max((hi - lo) * 0.3, 1e-3)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_xticks(x, rungs, rotation=20)
-        ax.set_title(title + " (mean ± std, dots: seeds)")
+        ax.set_title(title + "\nmean ± std; dots: seeds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
 

@@ -90,3 +90,12 @@ def test_list_commands(capsys):
         assert name in out
     assert cli("list", "layers", "resnet20") == 0
     assert "layer3.2.conv2" in capsys.readouterr().out
+
+
+def test_run_ids_are_plain_directory_names(store):
+    from kdlab.store.runstore import RunStore
+
+    run = RunStore(store).create(name="takd digits", kind="student", grp="g", seed=0, config={},
+                                 variant="main/assistant 1")
+    assert "/" not in run.id and " " not in run.id
+    assert run.path.parent == RunStore(store).root

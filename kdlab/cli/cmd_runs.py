@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 
 from rich.table import Table
@@ -42,9 +41,10 @@ def cmd_runs(args) -> int:
         console.print(f"no runs in {store.root}")
         return 0
     table = Table(title=f"runs in {store.root}")
-    table.add_column("id", no_wrap=True)
-    for col in ("kind", "seed", "status", "epochs", "test", "best-val test", "created"):
-        table.add_column(col)
+    # The id starts with its creation time; `kdlab compare` takes unique id prefixes.
+    table.add_column("id", overflow="fold", ratio=3)
+    for col in ("kind", "seed", "status", "epochs", "test", "best-val test"):
+        table.add_column(col, ratio=1)
     for r in rows:
         s = r["summary"]
         metric = next((k[5:] for k in s if k.startswith("test_") and k != "test_loss"), "top1")
@@ -52,7 +52,6 @@ def cmd_runs(args) -> int:
             r["id"], r["kind"], str(r["seed"]), r["status"], str(s.get("epochs", "")),
             fmt(s[f"test_{metric}"]) if f"test_{metric}" in s else "",
             fmt(s[f"best_test_{metric}"]) if f"best_test_{metric}" in s else "",
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created"])),
         )
     console.print(table)
     return 0

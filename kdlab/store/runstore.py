@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid
@@ -99,7 +100,9 @@ class RunStore:
     def create(self, *, name: str, kind: str, grp: str, seed: int, config: dict, key: str | None = None,
                variant: str | None = None) -> Run:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        rid = f"{stamp}-{name}-{variant + '-' if variant and variant != 'main' else ''}{kind[0]}s{seed}-{uuid.uuid4().hex[:4]}"
+        label = f"{name}-{variant}" if variant and variant != "main" else name
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)  # ids are directory names: no '/' or spaces
+        rid = f"{stamp}-{label}-{kind[0]}s{seed}-{uuid.uuid4().hex[:4]}"
         path = self.root / rid
         (path / "checkpoints").mkdir(parents=True)
         run = Run(rid, path, self)

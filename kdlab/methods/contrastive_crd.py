@@ -43,8 +43,15 @@ class ContrastMemory(nn.Module):
         self.register_buffer("z_t", torch.tensor(-1.0))
 
     def scores(self, query: Tensor, bank: Tensor, idx: Tensor, z: Tensor) -> Tensor:
-        w = bank[idx]  # (B, K+1, D)
-        out = torch.exp(torch.bmm(w, query.unsqueeze(2)).squeeze(2) / self.tau)
+        if bank.shape[0] <= 8 * idx.shape[1]:
+            # A bank not much larger than the K+1 rows drawn (CIFAR: 50k vs 16k): one matmul
+            # against every row and a column pick beats materialising a (B, K+1, D) gather.
+            # (The clone: autograd keeps the bank for the query's gradient, and the bank is
+            # updated in place before backward.)
+            dots = (query @ bank.clone().T).gather(1, idx)
+        else:
+            dots = torch.bmm(bank[idx], query.unsqueeze(2)).squeeze(2)  # (B, K+1)
+        out = torch.exp(dots / self.tau)
         if float(z) < 0:  # fixed once, from the first training batch
             z.fill_(float(out.detach().mean()) * self.n_data)
         return out / z

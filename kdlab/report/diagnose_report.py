@@ -188,6 +188,14 @@ def plot_teacher(res, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- blocks
+def _similarity_note(p: dict) -> str:
+    """How KD-sim / KD-pt+sim got their class relationships (the temperature only matters for
+    the cosine-similarity targets)."""
+    if p.get("sim_source") == "class_mean_target":
+        return "KD-sim / KD-pt+sim targets: the teacher's class-mean distributions"
+    return f"class similarities from {p.get('sim_source', 'auto')} at temperature {p['sim_tau']:g}"
+
+
 def _transfer_note(setup: dict) -> str:
     """Says so when the student learns from a transfer set smaller than the teacher's data."""
     n_t = setup.get("teacher_train_size", -1)
@@ -205,7 +213,7 @@ def build_blocks(res, a: dict) -> list[tuple]:
                    f"{res.teacher_test.get('test_' + metric, float('nan')):.2f}) → student {s['student']} on "
                    f"'{s['data']}' ({s['num_classes']} classes, {s['train_size']} training examples{_transfer_note(s)}); "
                    f"{s['epochs']} epochs per student, seeds {res.seeds} (one teacher; the spread is over student seeds). "
-                   f"λ = {p['lam']:g}, τ = {p['tau']:g}, similarity temperature {p['sim_tau']:g}, "
+                   f"λ = {p['lam']:g}, τ = {p['tau']:g}, {_similarity_note(p)}, "
                    f"LS ε = {p['ls_eps_used']:.3f}{' (matched to the teacher’s mean wrong-class mass)' if p['ls_eps'] is None else ''}. "
                    f"Report written in {res.elapsed_s:.0f} s."))
     # Ladder

@@ -99,3 +99,14 @@ def test_run_ids_are_plain_directory_names(store):
                                  variant="main/assistant 1")
     assert "/" not in run.id and " " not in run.id
     assert run.path.parent == RunStore(store).root
+
+
+def test_compare_labels_each_variant(tmp_path, store, capsys):
+    cfg = write_config(tmp_path, methods=[{"name": "ce"}],
+                       variants={"ce": [{"name": "ce"}], "ls": [{"name": "ls", "eps": 0.1}]})
+    assert cli("run", cfg, "--store", store, "--quiet", "train.epochs=1") == 0
+    ids = [r["id"] for r in RunStore(store).rows()]
+    capsys.readouterr()
+    assert cli("compare", *ids, "--store", store) == 0
+    out = capsys.readouterr().out
+    assert "tiny [ce]" in out and "tiny [ls]" in out  # not swallowed as console markup

@@ -81,7 +81,7 @@ def cmd_compare(args) -> int:
     table.add_column("metric", no_wrap=True)
     for i, rs in enumerate(groups.values()):
         first = rs[0]
-        variant = f" [{first['variant']}]" if first["variant"] and first["variant"] != "main" else ""
+        variant = f" \\[{first['variant']}]" if first["variant"] and first["variant"] != "main" else ""
         table.add_column(f"{first['name']}{variant}\n{first['kind']}, seeds {','.join(str(r['seed']) for r in rs)}",
                          justify="right")
     for k in _metric_keys(rows):

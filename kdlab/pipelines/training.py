@@ -44,6 +44,18 @@ class StageResult:
         return self.result.student
 
 
+def open_run(ctx: RunContext, *, name: str, kind: str, grp: str, seed: int, config: dict,
+             key: Optional[str] = None, variant: Optional[str] = None):
+    """With --resume, the interrupted run of this config and seed and its last checkpoint;
+    otherwise a new run. Returns (run, path to resume from or None). Main rank only."""
+    found = ctx.store.find_resumable(grp, seed, kind, variant) if ctx.resume else None
+    if found is not None:
+        ctx.store.set_status(found.id, "running")
+        ctx.log(f"resuming {found.id} from its last checkpoint")
+        return found, str(found.ckpt("last"))
+    return ctx.store.create(name=name, kind=kind, grp=grp, seed=seed, config=config, key=key, variant=variant), None
+
+
 def train_stage(
     ctx: RunContext,
     *,
@@ -83,13 +95,8 @@ def train_stage(
     run, resume_from = None, None
     if ctx.store is not None:
         if env.main:
-            found = ctx.store.find_resumable(grp, seed, kind, variant) if ctx.resume else None
-            if found is not None:
-                run, resume_from = found, str(found.ckpt("last"))
-                ctx.store.set_status(run.id, "running")
-                ctx.log(f"resuming {run.id} from its last checkpoint")
-            else:
-                run = ctx.store.create(name=name, kind=kind, grp=grp, seed=seed, config=config, key=key, variant=variant)
+            run, resume_from = open_run(ctx, name=name, kind=kind, grp=grp, seed=seed, config=config, key=key,
+                                        variant=variant)
         resume_from = D.broadcast_object(resume_from)
     trainer = Trainer(
         student=model,

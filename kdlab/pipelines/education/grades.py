@@ -5,6 +5,11 @@ taught by that group's teacher (groups in sequence, or their batches interleaved
 order). At growth the TR head is dropped and a new one (or, in the last grade, the student's
 own head) is attached; the optimiser is rebuilt over the parameters now in use, carrying the
 state of surviving parameters only when asked. Evaluation is in eval mode on held-out splits.
+
+Resume follows the engine's conventions: `last.pt` at every epoch end holds the grade model
+(student + current TR head), the optimiser, the history, the per-grade accuracies and the best
+state; every random draw is re-derived from (seed, grade) or (seed, epoch), so a resumed run
+reproduces an uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import Tensor, nn
 
 from kdlab.config.schema import TrainSpec
 from kdlab.data.base import DataBundle, Split
+from kdlab.engine.checkpoint import FORMAT, load_model_state, read_checkpoint, save_atomic
 from kdlab.engine.loader import TensorLoader
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
 from kdlab.engine.seeding import derive, generator
@@ -70,6 +76,7 @@ class EducationRun:
     # per grade: {group index: test accuracy on that group (%) at the end of the grade}
     grade_accuracy: list[dict[int, float]] = field(default_factory=list)
     best_state: Optional[dict[str, Tensor]] = None
+    stopped_after: Optional[int] = None  # set when `stop_after_epoch` ended the loop early (0-based epoch)
 
 
 def group_accuracy(model: GradeModel, split: Split, lut: Tensor, groups: list[list[int]], seen: Sequence[int],
@@ -122,7 +129,13 @@ def train_education(
     progress=None,
     label: str = "education",
     log_metrics=None,
+    run=None,
+    arch: Optional[dict] = None,
+    resume_from: Optional[str] = None,
+    stop_after_epoch: Optional[int] = None,
 ) -> EducationRun:
+    """`run` (a store run) gets `last.pt` at every epoch end; `resume_from` continues from such a
+    file; `stop_after_epoch` (1-based, as `--stop-after-epoch`) ends the loop early."""
     check_staged(student)
     student.to(device)
     n_cls = data.num_classes
@@ -136,7 +149,6 @@ def train_education(
     loaders = [TensorLoader(s, batch_size, shuffle=True, seed=derive(seed, 7, k), prepare=data.prepare,
                             augment=data.augment) for k, s in enumerate(group_train)]
     steps_of = [sum(len(loaders[k]) for k in plan.seen[plan.grade_of(e)]) for e in range(plan.epochs)]
-    bar = progress.task(label, total=sum(steps_of)) if progress else None
 
     history: list[dict] = []
     grade_acc: list[dict[int, float]] = []
@@ -144,20 +156,47 @@ def train_education(
     model: Optional[GradeModel] = None
     opt = None
     grade = -1
-    for epoch in range(plan.epochs):
+    lut: Optional[Tensor] = None
+    slices: dict[int, Tensor] = {}
+
+    def enter_grade(g: int) -> None:
+        nonlocal grade, model, opt, lut, slices
+        grade = g
+        columns = plan.columns(g, n_cls)
+        torch.manual_seed(derive(seed, g, 5))  # the TR head's init depends on (seed, grade) only
+        model = GradeModel(student, plan.stages[g], columns, g == last_grade, sample).to(device)
+        new_opt = build_optimizer(model.trainable(), train.optimizer)
+        if opt is not None and params.keep_optimizer:
+            _carry_state(opt, new_opt)
+        opt = new_opt
+        lut = column_index(columns, n_cls, device)
+        slices = {k: lut[torch.as_tensor(plan.groups[k], device=device)] for k in plan.seen[g]}
+
+    start = 0
+    if resume_from:
+        ck = read_checkpoint(resume_from)
+        if "grade_model" not in ck:
+            raise KdlabError(f"checkpoint '{resume_from}' is not an education-distillation checkpoint; "
+                             "run without --resume to start afresh")
+        # The grade structure (stages in use, TR head, optimiser over its parameters) of the
+        # checkpoint's epoch, then its state; the loop moves on to the next grade as usual.
+        enter_grade(plan.grade_of(ck["epoch"]))
+        load_model_state(model, ck["grade_model"], resume_from, label)
+        opt.load_state_dict(ck["optimizer"])
+        history, start = ck["history"], ck["epoch"] + 1
+        grade_acc = [{int(k): v for k, v in a.items()} for a in ck["grade_accuracy"]]
+        best_val, best_epoch = ck["best_val"], ck["best_epoch"]
+        best_state = ck["best_model"] or None
+        if run is not None:
+            run.rewrite_metrics(history)
+
+    last_epoch = min(plan.epochs, stop_after_epoch) if stop_after_epoch else plan.epochs
+    bar = progress.task(label, total=sum(steps_of[start:last_epoch])) if progress else None
+    for epoch in range(start, last_epoch):
         t0 = time.perf_counter()
         g = plan.grade_of(epoch)
         if g != grade:
-            grade = g
-            columns = plan.columns(g, n_cls)
-            torch.manual_seed(derive(seed, g, 5))  # the TR head's init depends on (seed, grade) only
-            model = GradeModel(student, plan.stages[g] , columns, g == last_grade, sample).to(device)
-            new_opt = build_optimizer(model.trainable(), train.optimizer)
-            if opt is not None and params.keep_optimizer:
-                _carry_state(opt, new_opt)
-            opt = new_opt
-            lut = column_index(columns, n_cls, device)
-            slices = {k: lut[torch.as_tensor(plan.groups[k], device=device)] for k in plan.seen[g]}
+            enter_grade(g)
         torch.manual_seed(derive(seed, epoch, 3))
         seen = plan.seen[g]
         for k in seen:
@@ -205,10 +244,20 @@ def train_education(
             best_state = {n: v.detach().clone() for n, v in student.state_dict().items()}
         if epoch + 1 == plan.epochs or plan.grade_of(epoch + 1) != g:
             grade_acc.append({k: test[f"group{k + 1}"] for k in seen})
+        if run is not None:
+            save_atomic({"format": FORMAT, "arch": arch or {}, "epoch": epoch, "model": student.state_dict(),
+                         "best": {"epoch": best_epoch, "val_top1": best_val} if best_epoch is not None else {},
+                         "grade_model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
+                         "grade_accuracy": [{str(k): v for k, v in a.items()} for a in grade_acc],
+                         "best_val": best_val, "best_epoch": best_epoch, "best_model": best_state or {}},
+                        run.ckpt("last"))
         if bar is not None:
             bar.update(description=f"{label} grade {g + 1} ep {epoch + 1}/{plan.epochs} top1 {val['top1']:.2f}")
     if bar is not None:
         bar.done()
+    if last_epoch < plan.epochs:
+        return EducationRun(history, {"interrupted_after_epoch": last_epoch - 1}, grade_acc, best_state,
+                            stopped_after=last_epoch - 1)
     model.eval()
     summary = {"epochs": plan.epochs, "params": sum(p.numel() for p in student.parameters()),
                "val_top1": history[-1]["val_top1"], "test_top1": history[-1]["test_top1"]}

@@ -27,7 +27,7 @@ from kdlab.pipelines.education.group_teachers import (
 from kdlab.pipelines.education.growth import check_staged
 from kdlab.pipelines.education.params import EducationParams
 from kdlab.pipelines.education.partition import confusion_matrix, partition_classes
-from kdlab.pipelines.training import train_stage
+from kdlab.pipelines.training import RunStopped, open_run, train_stage
 from kdlab.registry import PIPELINES
 from kdlab.report.stats import fmt, mean_std
 from kdlab.tasks.base import get_task
@@ -105,8 +105,6 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
     task = get_task(data)
     if task.name != "classification":
         raise KdlabError(f"education distillation is for classification data; '{exp.data.name}' is a {task.name} task")
-    if ctx.stop_after_epoch is not None:
-        ctx.log("note: --stop-after-epoch applies to the teachers and baselines; ED's grade loop runs whole")
     seed_everything(exp.seeds[0])
     body = check_staged(build_model(exp.student, data))
 
@@ -153,21 +151,26 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
     for seed in exp.seeds:
         seed_everything(seed)  # the student's initialisation is part of what the seed fixes
         student = build_model(exp.student, data)
-        run = None
+        run, resume_from = None, None
         if ctx.store is not None and ctx.env.main:
-            run = ctx.store.create(name=exp.name, kind="student", grp=ed_grp, seed=seed, variant="ed",
-                                   config={**base_cfg, "seed": seed, "variant": "ed", "groups": groups})
+            run, resume_from = open_run(ctx, name=exp.name, kind="student", grp=ed_grp, seed=seed, variant="ed",
+                                        config={**base_cfg, "seed": seed, "variant": "ed", "groups": groups})
         try:
             ed = train_education(
                 student=student, data=data, plan=plan, teachers=teachers, params=p, train=exp.train,
                 batch_size=exp.data.batch_size, eval_batch_size=exp.data.eval_batch_size, seed=seed,
                 device=ctx.device, progress=ctx.reporter if ctx.env.main else None, label=f"ed seed {seed}",
-                log_metrics=run.log_metrics if run is not None else None,
+                log_metrics=run.log_metrics if run is not None else None, run=run, arch=arch,
+                resume_from=resume_from, stop_after_epoch=ctx.stop_after_epoch,
             )
         except BaseException as e:
             if run is not None:
                 run.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             raise
+        if ed.stopped_after is not None:
+            if run is not None:
+                run.finish("interrupted", {**ed.summary, "run_id": run.id, "seed": seed})
+            raise RunStopped(ed.stopped_after, run.id if run is not None else None)
         # Same test metric as the baselines: the plain student through the task's evaluation.
         final = evaluate(student, data.test, task, data.prepare, exp.data.eval_batch_size)
         ed.summary.update({f"test_{k}": v for k, v in final.items()})

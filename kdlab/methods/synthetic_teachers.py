@@ -136,7 +136,8 @@ class _SimilarityMixin:
     """Holds the class-similarity matrix, computed once from the teacher in `build()` (the
     teacher is on the training device by then)."""
 
-    def _init_similarity(self, ctx: MethodContext) -> None:
+    def __init__(self, params, ctx: MethodContext):
+        super().__init__(params, ctx)  # the method base (next in the MRO)
         if not ctx.teachers:
             raise KdlabError(f"{self.name} needs a teacher (its class similarities): add a `teacher:` section")
         # In a plain list so the teacher is not registered as a (trainable) submodule.
@@ -182,10 +183,6 @@ class _SimParams(_SyntheticTeacher.Params):
 class KDSimilarity(_SimilarityMixin, _SyntheticTeacher):
     Params = _SimParams
 
-    def __init__(self, params, ctx: MethodContext):
-        super().__init__(params, ctx)
-        self._init_similarity(ctx)
-
     def forward(self, batch, student, teachers):
         return self._loss(batch, student, self.sim[batch["y"]])
 
@@ -197,10 +194,6 @@ class KDSimilarity(_SimilarityMixin, _SyntheticTeacher):
 )
 class KDPartialSimilarity(_SimilarityMixin, _SyntheticTeacher):
     Params = _SimParams
-
-    def __init__(self, params, ctx: MethodContext):
-        super().__init__(params, ctx)
-        self._init_similarity(ctx)
 
     def forward(self, batch, student, teachers):
         q = F.softmax(one_teacher(teachers).logits.float() / self.params.tau, dim=1)

@@ -12,6 +12,7 @@ from torch import nn
 from kdlab.config.schema import Experiment, MethodSpec, ModelSpec, TeacherSpec, stable_hash
 from kdlab.engine import distributed as D
 from kdlab.engine.evaluation import evaluate
+from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
 from kdlab.pipelines.building import load_data
 from kdlab.pipelines.context import RunContext
@@ -69,10 +70,6 @@ class ChainResult:
         return rich_table(header, rows, title=f"{self.name}: teacher-assistant chain")
 
 
-def _count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _single_teacher(exp: Experiment) -> TeacherSpec:
     specs = exp.all_teachers()
     if len(specs) != 1:
@@ -100,7 +97,7 @@ def run_takd(exp: Experiment, ctx: RunContext) -> ChainResult:
     out = ChainResult(exp.name, metric)
     chain_specs = [*params.assistants, exp.student]
     for variant, methods in exp.method_sets().items():
-        links = [LinkResult("teacher", t_spec.model.name, _count(teacher), [{f"test_{k}": v for k, v in t_eval.items()}])]
+        links = [LinkResult("teacher", t_spec.model.name, count_params(teacher), [{f"test_{k}": v for k, v in t_eval.items()}])]
         links += [LinkResult(f"assistant {i + 1}", s.name, 0) for i, s in enumerate(params.assistants)]
         links.append(LinkResult("student", exp.student.name, 0))
         if params.direct:
@@ -143,7 +140,7 @@ def _train_link(ctx, exp, variant, methods: list[MethodSpec], spec: ModelSpec, t
         config={**exp.model_dump(mode="json", exclude={"variants"}), "methods": [m.model_dump(mode="json") for m in methods],
                 "seed": seed, "variant": variant, "takd_link": tag, "model": spec.model_dump(mode="json")},
     )
-    link.params = stage.summary.get("params", _count(stage.model))
+    link.params = stage.summary.get("params", count_params(stage.model))
     link.runs.append({**stage.summary, "run_id": stage.run_id, "seed": seed})
     # Every rank must continue from the same weights: the main rank's best checkpoint.
     path = D.broadcast_object(stage.run_path)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdlab.config.schema import Experiment, MethodSpec
 from kdlab.engine.evaluation import evaluate
+from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
 from kdlab.knowledge.instruments import (
     TeacherReport,
@@ -146,7 +147,7 @@ def run_diagnose(exp: Experiment, ctx: RunContext, report_dir: Optional[str] = N
         setup={
             "data": exp.data.name,
             "teacher": exp.all_teachers()[0].model.name,
-            "teacher_params": sum(p.numel() for p in teacher.parameters()),
+            "teacher_params": count_params(teacher),
             "student": exp.student.name,
             "epochs": exp.train.epochs,
             "num_classes": data.num_classes,

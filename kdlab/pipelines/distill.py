@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from kdlab.config.schema import Experiment
 from kdlab.engine.evaluation import evaluate
+from kdlab.engine.trainer import count_params
 from kdlab.pipelines.building import load_data, preflight
 from kdlab.pipelines.context import RunContext
 from kdlab.pipelines.teachers import obtain_teachers
@@ -34,7 +35,7 @@ def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     out = ExperimentResult(exp.name, task.primary_metric)
     for t in teachers:
         ev = evaluate(t, data.test, task, data.prepare, exp.data.eval_batch_size)
-        out.teachers.append({"params": sum(p.numel() for p in t.parameters()), **{f"test_{k}": v for k, v in ev.items()}})
+        out.teachers.append({"params": count_params(t), **{f"test_{k}": v for k, v in ev.items()}})
     sets = exp.method_sets()
     out.baseline = "ce" if "ce" in sets else None
     for variant, methods in sets.items():

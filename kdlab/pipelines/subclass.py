@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 
 from kdlab.config.schema import Experiment
 from kdlab.engine.evaluation import evaluate
+from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
 from kdlab.pipelines.building import load_data
 from kdlab.pipelines.context import RunContext
@@ -70,7 +71,7 @@ def run_subclass(exp: Experiment, ctx: RunContext) -> SubclassResult:
         first_teacher = first_teacher or teacher
         ev = evaluate(teacher, data.test, task, data.prepare, exp.data.eval_batch_size)
         out.results.setdefault("teacher", []).append(
-            {"params": sum(p.numel() for p in teacher.parameters()), "seed": seed, **{f"test_{k}": v for k, v in ev.items()}}
+            {"params": count_params(teacher), "seed": seed, **{f"test_{k}": v for k, v in ev.items()}}
         )
         for variant, methods in sets.items():
             stage = train_stage(

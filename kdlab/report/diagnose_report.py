@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kdlab.report.stats import fmt, mean_std
+from kdlab.report.tables import markdown_table
 
 SECTIONS = [
     "Accuracy ladder",
@@ -315,11 +316,7 @@ def to_markdown(blocks) -> str:
         elif kind == "warn":
             out.append(f"> **Warning:** {b[1]}\n")
         elif kind == "table":
-            header, rows = b[1], b[2]
-            out.append("| " + " | ".join(header) + " |")
-            out.append("|" + "|".join("---" for _ in header) + "|")
-            out.extend("| " + " | ".join(str(c) for c in r) + " |" for r in rows)
-            out.append("")
+            out.append(markdown_table(b[1], [[str(c) for c in r] for r in b[2]]) + "\n")
         elif kind == "img":
             out.append(f"![{b[2]}]({b[1]})\n")
     return "\n".join(out)

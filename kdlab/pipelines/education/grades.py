@@ -28,6 +28,7 @@ from kdlab.engine.checkpoint import FORMAT, load_model_state, read_checkpoint, s
 from kdlab.engine.loader import TensorLoader
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
 from kdlab.engine.seeding import derive, generator
+from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
 from kdlab.pipelines.education.growth import GradeModel, check_grade_stages, check_staged, column_index, default_grade_stages
 from kdlab.pipelines.education.group_teachers import GroupTeacher
@@ -259,7 +260,7 @@ def train_education(
         return EducationRun(history, {"interrupted_after_epoch": last_epoch - 1}, grade_acc, best_state,
                             stopped_after=last_epoch - 1)
     model.eval()
-    summary = {"epochs": plan.epochs, "params": sum(p.numel() for p in student.parameters()),
+    summary = {"epochs": plan.epochs, "params": count_params(student),
                "val_top1": history[-1]["val_top1"], "test_top1": history[-1]["test_top1"]}
     if best_state is not None:
         last_state = {n: v.clone() for n, v in student.state_dict().items()}

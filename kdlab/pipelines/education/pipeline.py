@@ -14,6 +14,7 @@ from kdlab.config.schema import Experiment, MethodSpec, stable_hash
 from kdlab.engine.checkpoint import FORMAT, save_atomic
 from kdlab.engine.evaluation import evaluate
 from kdlab.engine.seeding import seed_everything
+from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
 from kdlab.pipelines.building import arch_record, build_model, load_data
 from kdlab.pipelines.context import RunContext
@@ -89,7 +90,7 @@ def baseline_methods(name: str, p: EducationParams) -> list[MethodSpec]:
 
 def _teacher_info(role, model, data, task, classes) -> dict:
     ev = evaluate(model, data.test, task, data.prepare, 1024)
-    return {"role": role, "params": sum(q.numel() for q in model.parameters()), "test_top1": ev.get("top1", float("nan")),
+    return {"role": role, "params": count_params(model), "test_top1": ev.get("top1", float("nan")),
             "classes": classes}
 
 

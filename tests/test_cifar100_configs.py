@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kdlab.config.load import load_config, read_yaml
-from kdlab.pipelines.runner import run_experiment
+from kdlab.stages.runner import run_experiment
 from kdlab.store.runstore import RunStore
 
 ROOT = Path(__file__).resolve().parents[1] / "configs" / "cifar100"

@@ -122,7 +122,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, store):
     import torch.nn.functional as F
 
     from kdlab.engine.checkpoint import read_checkpoint
-    from kdlab.methods.base import Method, Needs, register_method
+    from kdlab.methods.base import Method, register_method
     from kdlab.registry import METHODS
     from kdlab.store.runstore import RunStore
 
@@ -131,9 +131,6 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, store):
         @register_method("_nan_from_epoch_2", "test only: CE that turns non-finite in the second epoch")
         class NanLater(Method):
             uses_teacher = False
-
-            def needs(self):
-                return Needs(teacher=False)
 
             def forward(self, batch, student, teachers):
                 ce = F.cross_entropy(student.logits, batch["y"])

@@ -11,8 +11,9 @@ from rich.console import Console
 from kdlab.config.schema import Experiment
 from kdlab.engine.checkpoint import load_model_state, read_checkpoint
 from kdlab.errors import KdlabError
-from kdlab.pipelines.building import build_model, load_data
-from kdlab.pipelines.runner import run_experiment
+from kdlab.models.build import build_model
+from kdlab.stages.building import load_data
+from kdlab.stages.runner import run_experiment
 
 TRAIN = {"epochs": 6, "optimizer": {"lr": 0.02}, "schedule": {"name": "constant"}}
 

@@ -53,7 +53,7 @@ def _student_delta(tmp_path, store, **train):
     assert cli("run", cfg, "--store", store, "--quiet") == 0
     (row,) = RunStore(store).rows()
     final = read_checkpoint(Path(row["path"]) / "checkpoints" / "last.pt")["model"]
-    from kdlab.engine.seeding import seed_everything
+    from kdlab.seeding import seed_everything
     from kdlab.registry import MODELS
 
     seed_everything(0)  # the initial weights of seed 0, as the run built them
@@ -85,7 +85,7 @@ def test_cuda_requested_without_cuda_is_a_clear_error(tmp_path, store, capsys):
 
 
 def test_device_auto_picks_cpu_here():
-    from kdlab.pipelines.context import resolve_device
+    from kdlab.stages.context import resolve_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected

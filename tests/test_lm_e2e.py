@@ -12,9 +12,10 @@ from helpers import cli, write_config
 from kdlab.config.load import load_config, validate
 from kdlab.engine.checkpoint import read_checkpoint
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.seeding import seed_everything
-from kdlab.pipelines.building import build_model, load_data
-from kdlab.pipelines.runner import run_experiment
+from kdlab.seeding import seed_everything
+from kdlab.models.build import build_model
+from kdlab.stages.building import load_data
+from kdlab.stages.runner import run_experiment
 from kdlab.store.runstore import RunStore
 from kdlab.tasks import get_task
 
@@ -99,7 +100,7 @@ def test_token_level_kd_on_capped_pydoc(store):
         "student": {"name": "lstm_lm", "params": {"emb_dim": 16, "hidden": 16, "dropout": 0.0}},
         "variants": {
             "ce": [{"name": "ce"}],
-            "kd": [{"name": "kd", "tau": 2.0, "alpha": 0.5}],
+            "kd": [{"name": "ce", "weight": 0.5}, {"name": "kd", "weight": 0.5, "tau": 2.0}],
         },
         "train": {"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01, "weight_decay": 0.0}},
     }

@@ -55,13 +55,6 @@ def test_token_level_kd_matches_loop(tau):
     assert out["kd"].item() == pytest.approx(loop_kd(tau), rel=1e-5)
 
 
-def test_token_level_kd_with_alpha_mixes_token_ce():
-    m = KD(KD.Params(tau=2.0, alpha=0.25), ctx())
-    out = m({"y": torch.tensor(Y)}, Outputs(logits=t(S)), [Outputs(logits=t(TT))])
-    assert out["kd"].item() == pytest.approx(0.25 * loop_kd(2.0), rel=1e-5)
-    assert out["kd_ce"].item() == pytest.approx(0.75 * loop_ce(), rel=1e-5)
-
-
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 def test_ce_and_ls_on_token_logits(eps):
     batch = {"y": torch.tensor(Y)}

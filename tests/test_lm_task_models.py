@@ -56,9 +56,13 @@ def test_perplexity_and_accuracy_by_hand(monkeypatch):
             assert m["loss"] == pytest.approx(np.mean(nll), rel=1e-6)
             assert m["ppl"] == pytest.approx(math.exp(np.mean(nll)), rel=1e-6)
             assert m["acc"] == pytest.approx(100 * correct / 6)
-    # the training loss is the same mean token NLL
-    got = task.loss(torch.tensor(LOGITS, dtype=torch.float32), {"y": torch.tensor(Y)})
-    assert got.item() == pytest.approx(np.mean(nll), rel=1e-6)
+    # the training loss (the `ce` method on token logits) is the same mean token NLL
+    from kdlab.knowledge.outputs import Outputs
+    from kdlab.methods.base import MethodContext
+    from kdlab.methods.supervised import CE
+
+    got = CE(CE.Params(), MethodContext(num_classes=V, student=None, teachers=[], train_size=1, epochs=1, device=None))({"y": torch.tensor(Y)}, Outputs(logits=torch.tensor(LOGITS, dtype=torch.float32)), [])
+    assert got["ce"].item() == pytest.approx(np.mean(nll), rel=1e-6)
 
 
 @pytest.mark.parametrize("name", ["lstm_lm", "transformer_lm"])

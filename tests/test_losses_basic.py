@@ -37,14 +37,12 @@ def test_kd_matches_hand_formula(tau):
     assert abs(got - reversed_kl) > 1e-3
 
 
-def test_kd_alpha_mixes_ce():
-    m = KD(KD.Params(tau=2.0, alpha=0.7), ctx())
-    out = m({"y": torch.tensor(Y)}, Outputs(logits=t(S)), [Outputs(logits=t(T))])
-    ce = -np.mean(np.log(softmax(S)[np.arange(3), Y]))
-    pt, ps = softmax(T / 2), softmax(S / 2)
-    kd = 4 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1))
-    assert out["kd"].item() == pytest.approx(0.7 * kd, rel=1e-5)
-    assert out["kd_ce"].item() == pytest.approx(0.3 * ce, rel=1e-5)
+def test_kd_mix_is_the_config_weights_not_a_parameter():
+    """KD has no `alpha` of its own: the CE/KD mix is the methods' weights, in one place."""
+    from kdlab.config.schema import MethodSpec
+
+    with pytest.raises(Exception, match="no hyper-parameter 'alpha'"):
+        MethodSpec(name="kd", tau=2.0, alpha=0.7)
 
 
 def test_kd_zero_when_student_equals_teacher():

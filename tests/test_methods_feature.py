@@ -280,7 +280,7 @@ TRAIN = {"epochs": 3, "optimizer": {"name": "sgd", "lr": 0.05}}
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory):
-    from kdlab.pipelines.runner import run_experiment
+    from kdlab.stages.runner import run_experiment
     from kdlab.store.runstore import RunStore
 
     store = str(tmp_path_factory.mktemp("teacher"))
@@ -292,7 +292,7 @@ def teacher_ckpt(tmp_path_factory):
 
 
 def distil(methods, ckpt, store, student_channels=(8, 16, 32), epochs=3):
-    from kdlab.pipelines.runner import run_experiment
+    from kdlab.stages.runner import run_experiment
     from kdlab.store.runstore import RunStore
 
     exp = Experiment(
@@ -310,8 +310,9 @@ def distil(methods, ckpt, store, student_channels=(8, 16, 32), epochs=3):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 def test_method_trains_student_through_engine(name, teacher_ckpt, tmp_path):
-    from kdlab.engine.seeding import seed_everything
-    from kdlab.pipelines.building import build_model, load_data
+    from kdlab.seeding import seed_everything
+    from kdlab.models.build import build_model
+    from kdlab.stages.building import load_data
 
     spec = {"name": name, **({"nce_k": 64} if name == "crd" else {}), **({"warmup_epochs": 0} if name == "reviewkd" else {})}
     channels = (32, 64, 128) if name == "fsp" else (8, 16, 32)  # FSP needs equal widths
@@ -339,7 +340,7 @@ def test_methods_combine_with_weights(teacher_ckpt, tmp_path):
 
 
 def test_wrong_layer_path_fails_before_training_with_close_paths(teacher_ckpt, tmp_path):
-    from kdlab.pipelines.runner import run_experiment
+    from kdlab.stages.runner import run_experiment
     from kdlab.store.runstore import RunStore
 
     exp = Experiment(name="bad", device="cpu", data={"name": "digits", "batch_size": 128},

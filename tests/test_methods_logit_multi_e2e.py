@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from kdlab.config.schema import Experiment
-from kdlab.engine.seeding import seed_everything
-from kdlab.pipelines.building import build_model, load_data
-from kdlab.pipelines.runner import run_experiment
+from kdlab.seeding import seed_everything
+from kdlab.models.build import build_model
+from kdlab.stages.building import load_data
+from kdlab.stages.runner import run_experiment
 
 DATA = {"name": "hierarchy", "batch_size": 32,
         "params": {"num_superclasses": 2, "classes_per_superclass": 3, "dim": 8, "samples_per_class": 40}}
@@ -122,7 +123,7 @@ def test_takd_chain(shared_store):
 
 def test_takd_needs_one_teacher():
     from kdlab.errors import KdlabError
-    from kdlab.pipelines.context import RunContext
+    from kdlab.stages.context import RunContext
     from kdlab.registry import PIPELINES
 
     exp = experiment({"name": "kd"}, 2, pipeline={"name": "takd", "assistants": [{"name": "mlp"}]})

@@ -163,6 +163,7 @@ def test_aekd_constructed_teachers():
 
 # ------------------------------------------------------------------------ DML
 class _Data:
+    num_classes = 3
     input_shape = (4,)
     model_args: dict = {}
 

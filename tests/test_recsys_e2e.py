@@ -11,7 +11,7 @@ from kdlab.data.recsys_synthetic import recsys_synthetic
 from kdlab.methods.base import MethodContext
 from kdlab.methods.rank_pckd import PCKD
 from kdlab.models.recsys_mf import bpr_mf
-from kdlab.pipelines.runner import run_experiment
+from kdlab.stages.runner import run_experiment
 from kdlab.tasks.base import get_task
 
 DATA = {"name": "recsys_synthetic", "params": {"users": 80, "items": 60, "dim": 8, "mean_interactions": 15, "k_core": 3}, "batch_size": 256}

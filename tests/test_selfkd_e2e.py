@@ -8,7 +8,7 @@ import torch
 
 from kdlab.config.load import validate
 from kdlab.errors import KdlabError
-from kdlab.pipelines.runner import run_experiment
+from kdlab.stages.runner import run_experiment
 from kdlab.store.runstore import RunStore
 
 

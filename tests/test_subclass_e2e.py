@@ -6,7 +6,7 @@ import torch
 
 from kdlab.cli.main import main
 from kdlab.config.load import validate
-from kdlab.pipelines.runner import run_experiment
+from kdlab.stages.runner import run_experiment
 from kdlab.registry import DATASETS
 from kdlab.store.runstore import RunStore
 

@@ -74,8 +74,8 @@ def _rss_kb(key: str) -> int:
 
 def measure_one(s: CostSetup, method: str) -> dict:
     """Train one method (in this process) and return its step time and memory figures."""
-    from kdlab.engine.trainer import Trainer
-    from kdlab.pipelines.building import build_methods, method_context
+    from kdlab.engine.trainer import Trainer, TrainSetup
+    from kdlab.stages.building import build_methods, method_context
     from kdlab.tasks.classification import Classification
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -87,8 +87,8 @@ def measure_one(s: CostSetup, method: str) -> dict:
     task = Classification(data)
     ms, ws = build_methods(specs, method_context(data, student, teachers, 2, device, task))
     train = TrainSpec(epochs=2, optimizer=OptimizerSpec(name="sgd", lr=0.01), schedule=ScheduleSpec(name="constant"))
-    trainer = Trainer(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task, train=train,
-                      batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device)
+    trainer = Trainer(TrainSetup(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task,
+                                 train=train, batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device))
     if device.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from kdlab.data.base import DataBundle, Split
-from kdlab.engine.seeding import seed_everything
-from kdlab.engine.trainer import Trainer
-from kdlab.pipelines.building import build_methods, method_context
+from kdlab.seeding import seed_everything
+from kdlab.engine.trainer import Trainer, TrainSetup
+from kdlab.stages.building import build_methods, method_context
 from kdlab.registry import MODELS
 from kdlab.tasks.classification import Classification
 
@@ -65,8 +65,8 @@ def kdlab_step_times(s: BenchSetup, methods: list[MethodSpec]) -> list[float]:
     teachers = [teacher] if uses_teacher else []
     ms, ws = build_methods(methods, method_context(data, student, teachers, 1, device, task))
     spec = TrainSpec(epochs=1, optimizer=OptimizerSpec(name="sgd", lr=0.01), schedule=ScheduleSpec(name="constant"))
-    trainer = Trainer(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task, train=spec,
-                      batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device)
+    trainer = Trainer(TrainSetup(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task,
+                                 train=spec, batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device))
     res = trainer.fit()
     return [res.history[0]["train_time"] / s.steps]
 

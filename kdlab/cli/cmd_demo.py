@@ -23,7 +23,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from kdlab.pipelines.runner import run_experiment
+    from kdlab.stages.runner import run_experiment
 
     path = demo_config_path()
     exp = validate(apply_overrides(read_yaml(path), parse_overrides(args.overrides)), "demo config")

@@ -26,7 +26,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_diagnose(args) -> int:
-    from kdlab.pipelines.runner import run_experiment
+    from kdlab.stages.runner import run_experiment
 
     config, overrides = args.config, list(args.overrides)
     # `kdlab diagnose seeds=[0]`: an override in the CONFIG position means the built-in case.

@@ -35,7 +35,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from kdlab.pipelines.runner import print_result, run_experiment
+    from kdlab.cli.results import print_result
+    from kdlab.stages.runner import run_experiment
 
     exp = load_config(args.config, args.overrides)
     result = run_experiment(

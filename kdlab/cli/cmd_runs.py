@@ -12,7 +12,6 @@ from kdlab.report.stats import fmt, mean_std
 from kdlab.store.runstore import RunStore
 
 
-
 def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="list the runs in the store")
     p.add_argument("--store", default=None)
@@ -43,15 +42,14 @@ def cmd_runs(args) -> int:
     table = Table(title=f"runs in {store.root}")
     # The id starts with its creation time; `kdlab compare` takes unique id prefixes.
     table.add_column("id", overflow="fold", ratio=3)
-    for col in ("kind", "seed", "status", "epochs", "test", "best-val test"):
+    for col in ("kind", "seed", "status", "epochs", "metric", "test (last)", "test (best val)"):
         table.add_column(col, ratio=1)
     for r in rows:
-        s = r["summary"]
-        metric = next((k[5:] for k in s if k.startswith("test_") and k != "test_loss"), "top1")
+        s, metric = r["summary"], r["metric"] or ""  # the task's primary metric, stored with the run
         table.add_row(
-            r["id"], r["kind"], str(r["seed"]), r["status"], str(s.get("epochs", "")),
+            r["id"], r["kind"], str(r["seed"]), r["status"], str(s.get("epochs", "")), metric,
             fmt(s[f"test_{metric}"]) if f"test_{metric}" in s else "",
-            fmt(s[f"best_test_{metric}"]) if f"best_test_{metric}" in s else "",
+            fmt(r["score"]) if r["score"] is not None else "",
         )
     console.print(table)
     return 0

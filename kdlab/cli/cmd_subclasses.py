@@ -24,7 +24,8 @@ def cmd_subclasses(args) -> int:
     from kdlab.cli.cmd_runs import resolve_ids
     from kdlab.config.schema import DataSpec, ModelSpec
     from kdlab.engine.checkpoint import load_model_state, read_checkpoint
-    from kdlab.pipelines.building import build_model, load_data
+    from kdlab.models.build import build_model
+    from kdlab.stages.building import load_data
     from kdlab.report.subclasses import counts_rows, purity, subclass_counts
     from kdlab.report.tables import rich_table
     from kdlab.store.runstore import RunStore

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from kdlab.engine import distributed as D
-    from kdlab.pipelines.training import RunStopped
+    from kdlab.stages.stage import RunStopped
 
     warnings.filterwarnings("ignore", message=".*TypedStorage.*")
     try:

@@ -81,13 +81,6 @@ class MethodSpec(BaseModel):
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
-    @property
-    def needs_layers(self) -> bool:
-        """Whether the method reads intermediate layers (and so can name a wrong one)."""
-        from kdlab.methods.feature_layers import LayerParams
-
-        return issubclass(METHODS.get(self.name).obj.Params, LayerParams)
-
     def build_params(self):
         return METHODS.get(self.name).obj.Params(**self.params)
 

@@ -75,3 +75,15 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
             " Is it a checkpoint of another architecture?"
         )
     model.load_state_dict(state)
+
+
+def read_resumable(path: str | Path) -> dict[str, Any]:
+    """A `last` checkpoint written by the trainer: everything needed to continue a run."""
+    ck = read_checkpoint(path)
+    missing = [k for k in ("module", "optimizer", "history", "epoch", "best_model") if k not in ck]
+    if missing:
+        raise KdlabError(
+            f"checkpoint '{path}' cannot be resumed: it holds weights only (no {', '.join(missing)}); "
+            "run without --resume to start afresh, or give it as a teacher's `checkpoint:`"
+        )
+    return ck

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from kdlab.data.base import Split
-from kdlab.engine.seeding import derive, generator
+from kdlab.data.batching import cut_batch
+from kdlab.seeding import derive, generator
 
 
 class TensorLoader:
@@ -64,17 +65,3 @@ class TensorLoader:
             if self.world > 1:
                 idx = idx[self.rank :: self.world]
             yield cut_batch(self.split, idx, self.prepare, self.augment, aug_gen)
-
-
-def cut_batch(split: Split, index: Tensor, prepare=None, augment=None, generator=None) -> dict[str, Tensor]:
-    """Samples `index` of a split as a batch: every tensor indexed, `x` prepared and augmented."""
-    batch = {k: v[index] for k, v in split.tensors.items()}
-    batch["index"] = index
-    if "x" in batch:
-        x = batch["x"]
-        if prepare is not None:
-            x = prepare(x)
-        if augment is not None:
-            x = augment(x, generator)
-        batch["x"] = x
-    return batch

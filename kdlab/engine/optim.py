@@ -42,4 +42,4 @@ def lr_factor(spec: ScheduleSpec, t: float, total_epochs: int) -> float:
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = base_lr * factor * group.get("lr_scale", 1.0)
+        group["lr"] = base_lr * factor

@@ -24,16 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
+from kdlab.knowledge.outputs import Outputs  # noqa: F401  (part of the method contract)
 from kdlab.registry import METHODS
-
-
-@dataclass
-class Outputs:
-    """What a model said about a batch: logits, tapped features by name, and task extras."""
-
-    logits: Optional[Tensor] = None
-    features: dict[str, Tensor] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -41,7 +33,6 @@ class Needs:
     """Which knowledge a method reads. Layers are module paths, or `hint:i` for the model's
     i-th standard hint point (negative i counts from the deepest)."""
 
-    teacher: bool = True
     student_layers: list[str] = field(default_factory=list)
     teacher_layers: list[str] = field(default_factory=list)
     # Number of teachers the method can use: 1, or None for "any number".
@@ -75,7 +66,6 @@ class Method(nn.Module):
     def __init__(self, params: MethodParams, ctx: MethodContext):
         super().__init__()
         self.params = params
-        self.ctx_num_classes = ctx.num_classes
         self.epoch = 0
         self.total_epochs = ctx.epochs
 

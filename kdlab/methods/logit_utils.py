@@ -42,9 +42,20 @@ def teacher_logits(method: str, student, teachers) -> list[Tensor]:
     return [l.float() for l in logits]
 
 
+def kl_to_target_per_sample(student_logits: Tensor, target: Tensor, tau) -> Tensor:
+    """tau^2 * KL(target || softmax(s/tau)) per sample (shape [...]), summed over the last
+    (class) axis; `target` is a distribution over the same classes, exact zeros allowed.
+
+    The one KL of the classification methods: the student's log-probabilities are the second
+    argument; the other order (a common bug) computes KL(student || teacher)."""
+    log_s = torch.log_softmax(student_logits.float() / tau, dim=-1)
+    t = target.float()
+    return (torch.special.xlogy(t, t) - t * log_s).sum(-1) * tau * tau
+
+
 def softened_kl_per_sample(student_logits: Tensor, teacher_logits: Tensor, tau) -> Tensor:
-    """tau^2 * KL(softmax(t/tau) || softmax(s/tau)) per sample (shape [B]); tau may be a tensor."""
+    """tau^2 * KL(softmax(t/tau) || softmax(s/tau)) per sample; tau may be a tensor that
+    takes gradients (CTKD), so both sides stay in log space (no 0 * log 0 in the backward)."""
     log_s = torch.log_softmax(student_logits.float() / tau, dim=-1)
     log_t = torch.log_softmax(teacher_logits.float() / tau, dim=-1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(-1)
-    return kl * tau * tau
+    return (log_t.exp() * (log_t - log_s)).sum(-1) * tau * tau

@@ -15,7 +15,7 @@ from kdlab.config.schema import ModelSpec
 from kdlab.errors import KdlabError
 from kdlab.methods.base import Method, MethodContext, MethodParams, Needs, Outputs, register_method
 from kdlab.methods.logit_utils import softened_kl_per_sample
-from kdlab.registry import MODELS
+from kdlab.models.build import build_model
 
 
 def fresh_copy(model: nn.Module) -> nn.Module:
@@ -37,12 +37,7 @@ def build_peer(spec: Optional[ModelSpec], ctx: MethodContext) -> nn.Module:
     data = ctx.data
     if data is None:
         raise KdlabError("method 'dml' with a `peer` model needs the data (num_classes, input_shape) to build it")
-    return MODELS.get(spec.name).obj(
-        num_classes=spec.num_classes or ctx.num_classes,
-        input_shape=tuple(data.input_shape),
-        **data.model_args,
-        **spec.params,
-    )
+    return build_model(spec, data)
 
 
 def mutual_kl(target_logits: list[Tensor], logits: Tensor, tau: float) -> Tensor:
@@ -73,9 +68,6 @@ class DeepMutualLearning(Method):
         self.task = ctx.task
         if ctx.device is not None:
             self.peers.to(ctx.device)
-
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
 
     def _peer_logits(self, peer: nn.Module, batch) -> Tensor:
         out = self.task.forward(peer, batch) if self.task is not None else peer(batch["x"])

@@ -129,9 +129,6 @@ class Geometry(Method):
         if not getattr(ctx.data, "superclass", None) and not ctx.teachers:
             raise KdlabError("geometry: the data has no superclasses, so the score needs a teacher; add a `teacher:` section")
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def forward(self, batch, student, teachers):
         return {}
 

@@ -29,9 +29,6 @@ class BPR(RankingMethod):
         # L2 on the batch's raw embeddings, reg/2 * (|e_u|^2 + |e_i|^2 + |e_j|^2) / B (LightGCN's form).
         reg: float = Field(0.0, ge=0)
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def forward(self, batch, student, teachers):
         users, pos = batch["x"], batch["item"]
         t = tables_of(student, "student")

@@ -88,9 +88,6 @@ class SelfKnowledgeNLP(Method):
         self._student = [ctx.student]
         self._table: Optional[Tensor] = None
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self._table = None

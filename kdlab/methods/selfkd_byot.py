@@ -76,7 +76,7 @@ class BYOT(Method):
         self._hook = fc.register_forward_pre_hook(lambda _m, inp: self._fc_in.__setitem__("x", inp[0]))
 
     def needs(self) -> Needs:
-        return Needs(teacher=False, student_layers=list(self.layers))
+        return Needs(student_layers=list(self.layers))
 
     def build(self, student, teachers):
         width = self._fc_in["x"].shape[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kdlab.engine.loader import cut_batch
-from kdlab.engine.seeding import generator
+from kdlab.data.batching import cut_batch
+from kdlab.seeding import generator
 
 
 def epoch_generators(device) -> tuple[torch.Generator, torch.Generator]:

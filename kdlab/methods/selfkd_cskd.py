@@ -48,9 +48,6 @@ class CSKD(Method):
         self._starts = (torch.cumsum(counts, 0) - counts).to(y.device)
         self._gens = None
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def on_epoch_start(self, epoch):
         super().on_epoch_start(epoch)
         self._gens = epoch_generators(self._order.device)

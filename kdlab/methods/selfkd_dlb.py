@@ -40,9 +40,6 @@ class DLB(Method):
         self._prev_logits = None
         self._gens = None
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def on_epoch_start(self, epoch):
         super().on_epoch_start(epoch)
         self._reset()

@@ -38,9 +38,6 @@ class PSKD(Method):
         self.register_buffer("prev", torch.zeros(ctx.train_size, ctx.num_classes))
         self.register_buffer("seen", torch.zeros(ctx.train_size, dtype=torch.bool))
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def alpha(self) -> float:
         return self.params.alpha_T * (self.epoch + 1) / self.total_epochs
 

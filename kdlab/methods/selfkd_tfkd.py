@@ -54,9 +54,6 @@ class TfKDReg(Method):
         if ctx.num_classes < 2:
             raise KdlabError("tf_kd_reg needs at least 2 classes")
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def forward(self, batch, student, teachers):
         p = self.params
         z, y = student.logits, batch["y"]

@@ -71,7 +71,7 @@ class SubclassAux(Method):
         eps: float = Field(1e-6, gt=0)
 
     def needs(self) -> Needs:
-        return Needs(teacher=False, student_layers=[SUBCLASS_LAYER])
+        return Needs(student_layers=[SUBCLASS_LAYER])
 
     def forward(self, batch, student, teachers):
         z = subclass_logits(student, "model trained with subclass_aux")

@@ -12,9 +12,6 @@ from kdlab.methods.base import Method, MethodParams, Needs, register_method
 class CE(Method):
     uses_teacher = False
 
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
-
     def forward(self, batch, student, teachers):
         # flatten: (B, T, V) token logits of language models as well as (B, C)
         return {"ce": F.cross_entropy(student.logits.flatten(0, -2), batch["y"].flatten())}
@@ -30,9 +27,6 @@ class LabelSmoothing(Method):
 
     class Params(MethodParams):
         eps: float = Field(0.1, ge=0, lt=1)
-
-    def needs(self) -> Needs:
-        return Needs(teacher=False)
 
     def forward(self, batch, student, teachers):
         logits, y = student.logits.flatten(0, -2), batch["y"].flatten()

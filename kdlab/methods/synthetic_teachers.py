@@ -31,16 +31,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
+from kdlab.methods.logit_utils import kl_to_target_per_sample
 from kdlab.methods.base import Method, MethodContext, MethodParams, one_teacher, register_method
 
 
 def soft_ce_kl(student_logits: Tensor, target: Tensor, tau: float) -> Tensor:
     """tau^2 * KL(target || softmax(student/tau)), summed over classes, mean over the batch."""
-    log_s = F.log_softmax(student_logits.float() / tau, dim=-1)
-    t = target.float()
-    # xlogy makes 0*log(0) = 0 for targets with exact zeros.
-    kl = (torch.special.xlogy(t, t) - t * log_s).sum(-1)
-    return kl.mean() * tau * tau
+    return kl_to_target_per_sample(student_logits, target, tau).mean()
 
 
 def partial_teacher_targets(teacher_probs: Tensor, y: Tensor) -> Tensor:

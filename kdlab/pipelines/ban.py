@@ -16,12 +16,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from kdlab.config.schema import Experiment, MethodSpec, stable_hash
+from kdlab.config.schema import Experiment, MethodSpec
 from kdlab.engine.evaluation import evaluate
-from kdlab.pipelines.building import load_data
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.training import train_stage
 from kdlab.registry import PIPELINES
+from kdlab.stages.building import load_data
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import run_stage, student_stage
 from kdlab.tasks.base import get_task
 
 
@@ -57,33 +57,33 @@ class BANResult:
     def render(self):
         from kdlab.report.tables import comparison_rows, rich_table
 
-        header, rows = comparison_rows(self.results, self.metric, "gen0", label="generation")
+        header, rows = comparison_rows(self.results, self.metric, "gen0" if "gen0" in self.results else None, label="generation")
         return rich_table(header, rows, title=f"{self.name} (born-again generations)")
 
 
-@PIPELINES.register("ban", "born-again networks: generation k of the same architecture distilled from k-1 (or the ensemble)", params=BANParams)
+@PIPELINES.register("ban", "born-again networks: generation k of the same architecture distilled from k-1 (or the ensemble)",
+                    params=BANParams)
 def run_ban(exp: Experiment, ctx: RunContext) -> BANResult:
+    """Generation 0 of each variant trains with that variant's methods (`methods` alone: one
+    chain); rows are `gen<k>` (prefixed by the variant when there are several)."""
     params: BANParams = exp.pipeline.params()
     data = load_data(exp.data).to(ctx.device)
     task = get_task(data)
     out = BANResult(exp.name, task.primary_metric)
-    base = exp.group_hash(exp.methods)
-    for seed in exp.seeds:
-        gens: list[nn.Module] = []
-        for k in range(params.generations + 1):
-            methods = exp.methods if k == 0 else params.distill
-            teachers = [] if k == 0 else [Ensemble(gens) if params.ensemble_teacher and k > 1 else gens[-1]]
-            variant = f"gen{k}"
-            stage = train_stage(
-                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods, teachers=teachers,
-                data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
-                eval_batch_size=exp.data.eval_batch_size, seed=seed, variant=variant,
-                grp=stable_hash({"ban": base, "gen": k, "params": params.model_dump(mode="json")}),
-                config={**exp.model_dump(mode="json"), "methods": [m.model_dump(mode="json") for m in methods],
-                        "seed": seed, "variant": variant},
-            )
-            gens.append(stage.model.eval())
-            out.results.setdefault(variant, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
-        ens = evaluate(Ensemble(gens), data.test, task, data.prepare, exp.data.eval_batch_size)
-        out.results.setdefault("ensemble", []).append({"seed": seed, **{f"test_{k}": v for k, v in ens.items()}})
+    sets = exp.method_sets()
+    for variant, gen0 in sets.items():
+        prefix = f"{variant} " if len(sets) > 1 else ""
+        for seed in exp.seeds:
+            gens: list[nn.Module] = []
+            for k in range(params.generations + 1):
+                methods = gen0 if k == 0 else params.distill
+                teachers = [] if k == 0 else [Ensemble(gens) if params.ensemble_teacher and k > 1 else gens[-1]]
+                stage = run_stage(ctx, student_stage(
+                    exp, data, task, methods=methods, seed=seed, variant=f"{prefix}gen{k}".replace(" ", "-"),
+                    teachers=teachers, record={"ban": params.model_dump(mode="json"), "gen0": [m.model_dump(mode="json") for m in gen0]},
+                ))
+                gens.append(stage.model.eval())
+                out.results.setdefault(f"{prefix}gen{k}", []).append(stage.row())
+            ens = evaluate(Ensemble(gens), data.test, task, data.prepare, exp.data.eval_batch_size)
+            out.results.setdefault(f"{prefix}ensemble", []).append({"seed": seed, **{f"test_{k}": v for k, v in ens.items()}})
     return out

@@ -9,16 +9,15 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from kdlab.config.schema import Experiment, MethodSpec, ModelSpec, TeacherSpec, stable_hash
-from kdlab.engine import distributed as D
+from kdlab.config.schema import Experiment, MethodSpec, ModelSpec, TeacherSpec
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
-from kdlab.pipelines.building import load_data
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.teachers import load_teacher, obtain_teachers
-from kdlab.pipelines.training import train_stage
+from kdlab.models.build import count_params
 from kdlab.registry import PIPELINES
+from kdlab.stages.building import load_data
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import run_stage, student_stage
+from kdlab.stages.teachers import load_teacher, obtain_teachers
 from kdlab.tasks.base import get_task
 
 
@@ -102,49 +101,33 @@ def run_takd(exp: Experiment, ctx: RunContext) -> ChainResult:
         links.append(LinkResult("student", exp.student.name, 0))
         if params.direct:
             links.append(LinkResult("student (direct)", exp.student.name, 0))
-        base_grp = exp.group_hash(methods)
         for seed in exp.seeds:
             current = teacher
             for i, spec in enumerate(chain_specs):
                 current = _train_link(ctx, exp, variant, methods, spec, current, i, len(chain_specs), seed,
-                                      base_grp, chain_specs[: i + 1], links[i + 1], data, task)
+                                      chain_specs[: i + 1], links[i + 1], data, task)
             if params.direct:
                 _train_link(ctx, exp, variant, methods, exp.student, teacher, -1, len(chain_specs), seed,
-                            base_grp, [exp.student], links[-1], data, task)
+                            [exp.student], links[-1], data, task)
         out.chains[variant] = links
     return out
 
 
 def _train_link(ctx, exp, variant, methods: list[MethodSpec], spec: ModelSpec, teacher: nn.Module, i: int, n: int,
-                seed: int, base_grp: str, chain: list[ModelSpec], link: LinkResult, data, task) -> nn.Module:
+                seed: int, chain: list[ModelSpec], link: LinkResult, data, task) -> nn.Module:
     """Train link i of the chain (i = -1: the direct student) and return its best-on-validation model."""
     is_student = i == n - 1 or i < 0
     tag = "direct" if i < 0 else ("student" if is_student else f"ta{i + 1}")
-    grp = stable_hash({"group": base_grp, "takd": [c.model_dump(mode="json") for c in chain], "link": tag})
-    stage = train_stage(
-        ctx,
-        name=exp.name if is_student else f"{exp.name}-{tag}",
-        kind="student" if is_student else "assistant",
-        model_spec=spec,
-        method_specs=methods,
-        teachers=[teacher],
-        data=data,
-        task=task,
-        train=exp.train,
-        batch_size=exp.data.batch_size,
-        eval_batch_size=exp.data.eval_batch_size,
-        seed=seed,
-        grp=grp,
-        variant=f"{variant}/{tag}",
+    stage = run_stage(ctx, student_stage(
+        exp, data, task, methods=methods, seed=seed, variant=f"{variant}-{tag}", teachers=[teacher], model=spec,
+        name=exp.name if is_student else f"{exp.name}-{tag}", kind="student" if is_student else "assistant",
         label=f"{tag} {spec.name} seed {seed}",
-        config={**exp.model_dump(mode="json", exclude={"variants"}), "methods": [m.model_dump(mode="json") for m in methods],
-                "seed": seed, "variant": variant, "takd_link": tag, "model": spec.model_dump(mode="json")},
-    )
+        record={"takd_link": tag, "takd_chain": [c.model_dump(mode="json") for c in chain]},
+    ))
     link.params = stage.summary.get("params", count_params(stage.model))
-    link.runs.append({**stage.summary, "run_id": stage.run_id, "seed": seed})
-    # Every rank must continue from the same weights: the main rank's best checkpoint.
-    path = D.broadcast_object(stage.run_path)
+    link.runs.append(stage.row())
+    # Every rank continues from the same weights: the best checkpoint (run_stage ends at a barrier).
+    path = stage.best_checkpoint()
     if path is not None:
-        D.barrier()
-        return load_teacher(TeacherSpec(model=spec), data, str(path) + "/checkpoints/best.pt", tag)
+        return load_teacher(TeacherSpec(model=spec), data, path, tag)
     return stage.model.eval()

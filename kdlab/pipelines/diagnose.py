@@ -3,7 +3,7 @@
 Obtains the teacher (trained, reused or loaded as usual), then trains the same student with
 the same budget and seeds on every rung of the ladder
     CE -> LS -> KD-pt -> KD-sim -> KD-pt+sim -> KD
-(spec: understanding-kd.md) with the `record_w` instrument on every rung, measures each
+(the three levels of teacher knowledge: docs/understanding.md) with the `record_w` instrument on every rung, measures each
 student's class geometry and the teacher's diagnostics, and writes a report directory
 (HTML + PNG plots + Markdown) via `kdlab.report.diagnose_report`.
 """
@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kdlab.config.schema import Experiment, MethodSpec
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
 from kdlab.knowledge.instruments import (
     TeacherReport,
@@ -33,11 +32,12 @@ from kdlab.knowledge.instruments import (
     spearman,
     wrong_class_stats,
 )
-from kdlab.pipelines.building import load_data
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.teachers import obtain_teachers
-from kdlab.pipelines.training import train_stage
+from kdlab.models.build import count_params
 from kdlab.registry import PIPELINES
+from kdlab.stages.building import load_data
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import run_stage, student_stage
+from kdlab.stages.teachers import obtain_teachers
 from kdlab.tasks.base import get_task
 
 class DiagnoseParams(BaseModel):
@@ -120,10 +120,11 @@ def _default_report_dir(ctx: RunContext, name: str) -> str:
     "diagnose",
     "train the ladder CE, LS, KD-pt, KD-sim, KD-pt+sim, KD on every seed and report which knowledge the teacher gives",
     params=DiagnoseParams,
+    variants=False,
 )
-def run_diagnose(exp: Experiment, ctx: RunContext, report_dir: Optional[str] = None) -> DiagnoseResult:
+def run_diagnose(exp: Experiment, ctx: RunContext) -> DiagnoseResult:
     started = time.perf_counter()
-    params = exp.pipeline.params() if exp.pipeline and exp.pipeline.name == "diagnose" else DiagnoseParams()
+    params: DiagnoseParams = exp.pipeline.params()
     if len(exp.all_teachers()) != 1:
         raise KdlabError("diagnose needs exactly one teacher: add a `teacher:` section (a model to train, or a checkpoint)")
     data = load_data(exp.data).to(ctx.device)
@@ -168,14 +169,8 @@ def run_diagnose(exp: Experiment, ctx: RunContext, report_dir: Optional[str] = N
 
     for rung, methods in ladder_methods(params, ls_eps).items():
         for seed in exp.seeds:
-            stage = train_stage(
-                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods,
-                teachers=[teacher], data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
-                eval_batch_size=exp.data.eval_batch_size, seed=seed, grp=exp.group_hash(methods), variant=rung,
-                config={**exp.model_dump(mode="json", exclude={"variants"}),
-                        "methods": [m.model_dump(mode="json") for m in methods], "seed": seed, "variant": rung},
-                label=f"{rung} seed {seed}",
-            )  # fmt: skip
+            stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=rung,
+                                                 teachers=[teacher], label=f"{rung} seed {seed}"))
             sim = model_class_similarity(stage.model, data)
             rec = next(m for m in stage.result.methods if m.name == "record_w")
             w, q = rec.mean_arrays()
@@ -193,7 +188,7 @@ def run_diagnose(exp: Experiment, ctx: RunContext, report_dir: Optional[str] = N
                 out.similarity[rung] = sim.numpy()
                 out.w_samples[rung] = (w, q)
 
-    out.report_dir = report_dir or params.report_dir or _default_report_dir(ctx, exp.name)
+    out.report_dir = params.report_dir or _default_report_dir(ctx, exp.name)
     out.elapsed_s = time.perf_counter() - started
     from kdlab.report.diagnose_report import write_report
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 
 from kdlab.config.schema import Experiment
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.trainer import count_params
-from kdlab.pipelines.building import load_data, preflight
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.teachers import obtain_teachers
-from kdlab.pipelines.training import train_stage
+from kdlab.models.build import count_params
 from kdlab.registry import PIPELINES
+from kdlab.stages.building import load_data, preflight
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import run_stage, student_stage
+from kdlab.stages.teachers import obtain_teachers
 from kdlab.tasks.base import get_task
 
 
@@ -23,6 +23,18 @@ class ExperimentResult:
     results: dict[str, list[dict]] = field(default_factory=dict)
     teachers: list[dict] = field(default_factory=list)
     baseline: str | None = "ce"
+
+    def render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        from kdlab.report.tables import comparison_rows, rich_table
+
+        lines = [Text(f"teacher {i}: {t['params']:,} params, test {self.metric} "
+                      f"{t.get('test_' + self.metric, float('nan')):.2f} (the best-validation weights it teaches with)")
+                 for i, t in enumerate(self.teachers)]
+        header, rows = comparison_rows(self.results, self.metric, self.baseline)
+        return Group(*lines, rich_table(header, rows, title=self.name))
 
 
 @PIPELINES.register("distill", "obtain the teachers, then train every variant's student on every seed")
@@ -39,24 +51,8 @@ def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     sets = exp.method_sets()
     out.baseline = "ce" if "ce" in sets else None
     for variant, methods in sets.items():
-        grp = exp.group_hash(methods)
         for seed in exp.seeds:
-            stage = train_stage(
-                ctx,
-                name=exp.name,
-                kind="student",
-                model_spec=exp.student,
-                method_specs=methods,
-                teachers=teachers,
-                data=data,
-                task=task,
-                train=exp.train,
-                batch_size=exp.data.batch_size,
-                eval_batch_size=exp.data.eval_batch_size,
-                seed=seed,
-                grp=grp,
-                variant=variant,
-                config={**exp.model_dump(mode="json", exclude={"variants"}), "methods": [m.model_dump(mode="json") for m in methods], "seed": seed, "variant": variant},
-            )
-            out.results.setdefault(variant, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
+            stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=variant,
+                                                 teachers=teachers))
+            out.results.setdefault(variant, []).append(stage.row())
     return out

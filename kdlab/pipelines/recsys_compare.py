@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdlab.config.schema import Experiment
-from kdlab.pipelines.context import RunContext
+from kdlab.stages.context import RunContext
 from kdlab.pipelines.distill import ExperimentResult, run_distill
 from kdlab.registry import PIPELINES
 from kdlab.report.stats import fmt, gain, mean_std

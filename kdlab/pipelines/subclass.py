@@ -15,13 +15,13 @@ from pydantic import BaseModel, ConfigDict
 
 from kdlab.config.schema import Experiment
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
-from kdlab.pipelines.building import load_data
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.teachers import obtain_teacher
-from kdlab.pipelines.training import train_stage
+from kdlab.models.build import count_params
 from kdlab.registry import PIPELINES
+from kdlab.stages.building import load_data
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import run_stage, student_stage
+from kdlab.stages.teachers import obtain_teacher
 from kdlab.tasks.base import get_task
 
 
@@ -57,7 +57,7 @@ class SubclassResult:
 
 @PIPELINES.register("subclass", "subclass distillation comparison: one teacher per seed, then every variant", params=SubclassParams)
 def run_subclass(exp: Experiment, ctx: RunContext) -> SubclassResult:
-    params = exp.pipeline.params() if exp.pipeline else SubclassParams()
+    params: SubclassParams = exp.pipeline.params()
     if exp.teacher is None:
         raise KdlabError("the subclass pipeline needs a `teacher:` section (a subclass-head model trained with ce + subclass_aux)")
     data = load_data(exp.data).to(ctx.device)
@@ -74,14 +74,9 @@ def run_subclass(exp: Experiment, ctx: RunContext) -> SubclassResult:
             {"params": count_params(teacher), "seed": seed, **{f"test_{k}": v for k, v in ev.items()}}
         )
         for variant, methods in sets.items():
-            stage = train_stage(
-                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods,
-                teachers=[teacher], data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
-                eval_batch_size=exp.data.eval_batch_size, seed=seed, grp=exp.group_hash(methods), variant=variant,
-                config={**exp.model_dump(mode="json", exclude={"variants"}), "methods": [m.model_dump(mode="json") for m in methods],
-                        "seed": seed, "variant": variant},
-            )
-            out.results.setdefault(variant, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
+            stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=variant,
+                                                 teachers=[teacher]))
+            out.results.setdefault(variant, []).append(stage.row())
     if params.table and "fine" in data.test.tensors and hasattr(first_teacher, "subclass_forward"):
         from kdlab.report.subclasses import subclass_counts
 

@@ -3,11 +3,18 @@
 Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
 
     index.sqlite
-    <run id>/config.yaml  metrics.jsonl  summary.json  checkpoints/{last,best}.pt
+    locks/<key>.lock        held while a reusable artefact (a teacher) is being made
+    <run id>/config.yaml  metrics.jsonl  summary.json  checkpoints/{last,best}.pt  .lock
+
+A run's `.lock` is held (flock) by the process training it, and the operating system lets go
+of it when that process ends, however it ends: a `running` row whose lock is free belongs to
+a process that was killed, so the run is shown, and resumed, as interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -33,7 +40,9 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     updated REAL NOT NULL,
     path TEXT NOT NULL,
-    summary TEXT
+    summary TEXT,
+    metric TEXT,                 -- the task's primary metric (top1, ppl, ndcg20)
+    score REAL                   -- its test value at the best-validation epoch
 );
 CREATE INDEX IF NOT EXISTS runs_key ON runs(key);
 CREATE INDEX IF NOT EXISTS runs_grp ON runs(grp);
@@ -50,11 +59,38 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _lock_free(path: Path) -> bool:
+    """Whether no process holds the lock file (a run's process alive holds it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # closing releases a lock this call took
+
+
 @dataclass
 class Run:
     id: str
     path: Path
     store: "RunStore"
+    _fd: Optional[int] = None
+
+    def hold(self) -> None:
+        """Mark the run as alive for as long as this process trains it."""
+        if self._fd is None:
+            self._fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def ckpt(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
@@ -73,15 +109,11 @@ class Run:
     def rewrite_metrics(self, history: list[dict]) -> None:
         _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
-    def metrics(self) -> list[dict]:
-        if not self.metrics_path.exists():
-            return []
-        return [json.loads(l) for l in self.metrics_path.read_text().splitlines() if l.strip()]
-
-    def finish(self, status: str, summary: Optional[dict] = None) -> None:
+    def finish(self, status: str, summary: Optional[dict] = None, metric_value: Optional[float] = None) -> None:
         if summary is not None:
             _atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2))
-        self.store.set_status(self.id, status, summary)
+        self.store.set_status(self.id, status, summary, metric_value)
+        self.release()
 
 
 class RunStore:
@@ -91,6 +123,10 @@ class RunStore:
         self.db_path = self.root / "index.sqlite"
         with self._db() as db:
             db.executescript(SCHEMA)
+            cols = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+            for col, kind in (("metric", "TEXT"), ("score", "REAL")):  # stores made before these columns
+                if col not in cols:
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30)
@@ -98,7 +134,7 @@ class RunStore:
         return db
 
     def create(self, *, name: str, kind: str, grp: str, seed: int, config: dict, key: str | None = None,
-               variant: str | None = None) -> Run:
+               variant: str | None = None, metric: str | None = None) -> Run:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         label = f"{name}-{variant}" if variant and variant != "main" else name
         label = re.sub(r"[^A-Za-z0-9_.-]+", "-", label)  # ids are directory names: no '/' or spaces
@@ -106,24 +142,46 @@ class RunStore:
         path = self.root / rid
         (path / "checkpoints").mkdir(parents=True)
         run = Run(rid, path, self)
+        run.hold()  # before the row exists, so no reader ever sees it running without its holder
         run.write_config(config)
         now = time.time()
         with self._db() as db:
             db.execute(
-                "INSERT INTO runs (id,name,kind,variant,grp,key,seed,status,created,updated,path) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (rid, name, kind, variant, grp, key, seed, "running", now, now, str(path)),
+                "INSERT INTO runs (id,name,kind,variant,grp,key,seed,status,created,updated,path,metric) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rid, name, kind, variant, grp, key, seed, "running", now, now, str(path), metric),
             )
         return run
 
-    def set_status(self, rid: str, status: str, summary: Optional[dict] = None) -> None:
+    @contextlib.contextmanager
+    def lock(self, key: str):
+        """Hold `locks/<key>.lock` (waiting for another process that holds it)."""
+        path = self.root / "locks" / f"{key}.lock"
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def set_status(self, rid: str, status: str, summary: Optional[dict] = None,
+                   metric_value: Optional[float] = None) -> None:
         with self._db() as db:
             if summary is None:
                 db.execute("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), rid))
             else:
                 db.execute(
-                    "UPDATE runs SET status=?, updated=?, summary=? WHERE id=?",
-                    (status, time.time(), json.dumps(summary), rid),
+                    "UPDATE runs SET status=?, updated=?, summary=?, score=? WHERE id=?",
+                    (status, time.time(), json.dumps(summary), metric_value, rid),
                 )
+
+    @staticmethod
+    def _status(row) -> str:
+        """The stored status, except that a `running` run whose process is gone is interrupted."""
+        if row["status"] == "running" and _lock_free(Path(row["path"]) / ".lock"):
+            return "interrupted"
+        return row["status"]
 
     def _run(self, row) -> Run:
         return Run(row["id"], Path(row["path"]), self)
@@ -138,16 +196,27 @@ class RunStore:
             return None
         return self._run(row)
 
-    def find_resumable(self, grp: str, seed: int, kind: str, variant: str | None) -> Optional[Run]:
+    def _same_stage(self, grp: str, seed: int, kind: str, variant: str | None, status_sql: str) -> list:
         with self._db() as db:
-            row = db.execute(
+            return db.execute(
                 "SELECT * FROM runs WHERE grp=? AND seed=? AND kind=? AND IFNULL(variant,'')=IFNULL(?,'') "
-                "AND status!='done' ORDER BY created DESC LIMIT 1",
+                f"AND {status_sql} ORDER BY created DESC",
                 (grp, seed, kind, variant),
-            ).fetchone()
-        if row is None or not (Path(row["path"]) / "checkpoints" / "last.pt").exists():
-            return None
-        return self._run(row)
+            ).fetchall()
+
+    def find_finished(self, grp: str, seed: int, kind: str, variant: str | None) -> Optional[Run]:
+        """The newest finished run of this stage whose checkpoint is still there."""
+        for row in self._same_stage(grp, seed, kind, variant, "status='done'"):
+            if (Path(row["path"]) / "checkpoints" / "last.pt").exists():
+                return self._run(row)
+        return None
+
+    def find_resumable(self, grp: str, seed: int, kind: str, variant: str | None) -> Optional[Run]:
+        """The newest unfinished run of this stage that no live process is training."""
+        for row in self._same_stage(grp, seed, kind, variant, "status!='done'"):
+            if self._status(row) != "running" and Path(row["path"]).is_dir():
+                return self._run(row)
+        return None
 
     def rows(self, ids: Optional[list[str]] = None, limit: int | None = None) -> list[dict[str, Any]]:
         with self._db() as db:
@@ -160,11 +229,7 @@ class RunStore:
         out = []
         for r in rows:
             d = dict(r)
+            d["status"] = self._status(r)
             d["summary"] = json.loads(d["summary"]) if d["summary"] else {}
             out.append(d)
         return out
-
-    def group_rows(self, grp: str) -> list[dict[str, Any]]:
-        with self._db() as db:
-            rows = db.execute("SELECT id FROM runs WHERE grp=? AND status='done'", (grp,)).fetchall()
-        return self.rows([r["id"] for r in rows]) if rows else []

@@ -28,9 +28,6 @@ class Task:
         """The model's output on a batch (logits for classification)."""
         return model(batch["x"])
 
-    def loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        raise NotImplementedError
-
     def eval_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
 

@@ -15,9 +15,6 @@ class Classification(Task):
     name = "classification"
     primary_metric = "top1"
 
-    def loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(logits, batch["y"])
-
     def eval_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = self.forward(model, batch).float()
         y = batch["y"]

@@ -30,9 +30,6 @@ class LanguageModelling(Task):
     primary_metric = "ppl"
     higher_is_better = False
 
-    def loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-        return F.cross_entropy(logits.flatten(0, -2).float(), batch["y"].flatten())
-
     def eval_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         x, y = batch["x"], batch["y"]
         per_seq = y.shape[1] * max(int(self.data.num_classes), 1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
-from kdlab.methods.base import Outputs
+from kdlab.knowledge.outputs import Outputs
 from kdlab.registry import TASKS
 from kdlab.tasks.base import Task
 from kdlab.tasks.ranking_ops import Tables, TrainCSR, mask_items, padded_pairs, ranking_sums, unseen_scores
@@ -36,9 +36,6 @@ class Ranking(Task):
         if "item" in batch:
             feats["item"] = t.items[batch["item"]]
         return Outputs(logits=None, features=feats, extras={"tables": t})
-
-    def loss(self, logits, batch):
-        raise KdlabError("the ranking task has no built-in loss; add the `bpr` method to the methods")
 
     def eval_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         users = batch["x"]

@@ -1,39 +1,35 @@
-"""The grade loop: grow the student stage by stage over one lr schedule spanning all grades.
+"""The grade loop as a curriculum of the one trainer: grow the student stage by stage over one
+lr schedule spanning all grades.
 
 Each epoch of grade g replays every group seen so far, each batch drawn from one group and
 taught by that group's teacher (groups in sequence, or their batches interleaved in a seeded
 order). At growth the TR head is dropped and a new one (or, in the last grade, the student's
-own head) is attached; the optimiser is rebuilt over the parameters now in use, carrying the
-state of surviving parameters only when asked. Evaluation is in eval mode on held-out splits.
+own head) is attached; the trainer then rebuilds the optimiser over the parameters now in use,
+carrying the state of surviving parameters only when asked. Evaluation is in eval mode on
+held-out splits; the best model is chosen in the last grade only, as in the reference code.
 
-Resume follows the engine's conventions: `last.pt` at every epoch end holds the grade model
-(student + current TR head), the optimiser, the history, the per-grade accuracies and the best
-state; every random draw is re-derived from (seed, grade) or (seed, epoch), so a resumed run
-reproduces an uninterrupted one exactly.
+Resume, AMP, DDP, checkpoints and the run summary are the engine's: every random draw is
+re-derived from (seed, grade) or (seed, epoch), so a resumed run reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from kdlab.config.schema import TrainSpec
-from kdlab.data.base import DataBundle, Split
-from kdlab.engine.checkpoint import FORMAT, load_model_state, read_checkpoint, save_atomic
+from kdlab.data.base import Split
+from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.loader import TensorLoader
-from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
-from kdlab.engine.seeding import derive, generator
-from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
+from kdlab.knowledge.outputs import Outputs
 from kdlab.pipelines.education.growth import GradeModel, check_grade_stages, check_staged, column_index, default_grade_stages
 from kdlab.pipelines.education.group_teachers import GroupTeacher
 from kdlab.pipelines.education.loss import education_loss
 from kdlab.pipelines.education.params import EducationParams
+from kdlab.seeding import derive, generator
 
 
 @dataclass
@@ -70,16 +66,6 @@ def plan_grades(p: EducationParams, groups: list[list[int]], body_stages: int, e
     return GradePlan(groups, seen, list(starts), list(stages), epochs)
 
 
-@dataclass
-class EducationRun:
-    history: list[dict]
-    summary: dict[str, Any]
-    # per grade: {group index: test accuracy on that group (%) at the end of the grade}
-    grade_accuracy: list[dict[int, float]] = field(default_factory=list)
-    best_state: Optional[dict[str, Tensor]] = None
-    stopped_after: Optional[int] = None  # set when `stop_after_epoch` ended the loop early (0-based epoch)
-
-
 def group_accuracy(model: GradeModel, split: Split, lut: Tensor, groups: list[list[int]], seen: Sequence[int],
                    prepare, batch_size: int) -> dict[str, float]:
     """Accuracy (%) over the seen classes' samples and on each seen group, in eval mode;
@@ -108,166 +94,128 @@ def group_accuracy(model: GradeModel, split: Split, lut: Tensor, groups: list[li
     return out
 
 
-def _carry_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
-    for group in new.param_groups:
-        for p in group["params"]:
-            if p in old.state:
-                new.state[p] = old.state[p]
+class EducationModule(nn.Module):
+    """One grade's trainable module: forward(batch, teachers) -> (loss, terms), the batch drawn
+    from one group (`batch["group"]`) and `teachers` that group's teacher outputs."""
+
+    def __init__(self, model: GradeModel, lut: Tensor, slices: dict[int, Tensor], alpha: float, tau: float):
+        super().__init__()
+        self.model = model
+        self.register_buffer("lut", lut, persistent=False)
+        self.slices = slices
+        self.alpha, self.tau = alpha, tau
+
+    def forward(self, batch: dict[str, Tensor], teachers: list[Outputs]):
+        z = self.model(batch["x"])
+        cols = self.slices[batch["group"]]
+        loss, terms = education_loss(z, self.lut[batch["y"]], cols, [t.logits for t in teachers], self.alpha, self.tau)
+        return loss, {k: v.detach() for k, v in terms.items()}
 
 
-def train_education(
-    *,
-    student: nn.Module,
-    data: DataBundle,
-    plan: GradePlan,
-    teachers: list[GroupTeacher],
-    params: EducationParams,
-    train: TrainSpec,
-    batch_size: int,
-    eval_batch_size: int,
-    seed: int,
-    device: torch.device,
-    progress=None,
-    label: str = "education",
-    log_metrics=None,
-    run=None,
-    arch: Optional[dict] = None,
-    resume_from: Optional[str] = None,
-    stop_after_epoch: Optional[int] = None,
-) -> EducationRun:
-    """`run` (a store run) gets `last.pt` at every epoch end; `resume_from` continues from such a
-    file; `stop_after_epoch` (1-based, as `--stop-after-epoch`) ends the loop early."""
-    check_staged(student)
-    student.to(device)
-    n_cls = data.num_classes
-    last_grade = len(plan.starts) - 1
-    group_train = [data.train.subset((column_index(g, n_cls, device)[data.train["y"]] >= 0).nonzero().squeeze(1))
-                   for g in plan.groups]
-    for k, s in enumerate(group_train):
-        if len(s) == 0:
-            raise KdlabError(f"group {k + 1} (classes {plan.groups[k]}) has no training samples")
-    sample = data.prepare(data.train["x"][:2]) if data.prepare else data.train["x"][:2]
-    loaders = [TensorLoader(s, batch_size, shuffle=True, seed=derive(seed, 7, k), prepare=data.prepare,
-                            augment=data.augment) for k, s in enumerate(group_train)]
-    steps_of = [sum(len(loaders[k]) for k in plan.seen[plan.grade_of(e)]) for e in range(plan.epochs)]
+class GroupBatches:
+    """The batches of one epoch: every seen group's loader, in sequence or interleaved (seeded);
+    each batch is tagged with its group."""
 
-    history: list[dict] = []
-    grade_acc: list[dict[int, float]] = []
-    best_val, best_state, best_epoch = None, None, None
-    model: Optional[GradeModel] = None
-    opt = None
-    grade = -1
-    lut: Optional[Tensor] = None
-    slices: dict[int, Tensor] = {}
-
-    def enter_grade(g: int) -> None:
-        nonlocal grade, model, opt, lut, slices
-        grade = g
-        columns = plan.columns(g, n_cls)
-        torch.manual_seed(derive(seed, g, 5))  # the TR head's init depends on (seed, grade) only
-        model = GradeModel(student, plan.stages[g], columns, g == last_grade, sample).to(device)
-        new_opt = build_optimizer(model.trainable(), train.optimizer)
-        if opt is not None and params.keep_optimizer:
-            _carry_state(opt, new_opt)
-        opt = new_opt
-        lut = column_index(columns, n_cls, device)
-        slices = {k: lut[torch.as_tensor(plan.groups[k], device=device)] for k in plan.seen[g]}
-
-    start = 0
-    if resume_from:
-        ck = read_checkpoint(resume_from)
-        if "grade_model" not in ck:
-            raise KdlabError(f"checkpoint '{resume_from}' is not an education-distillation checkpoint; "
-                             "run without --resume to start afresh")
-        # The grade structure (stages in use, TR head, optimiser over its parameters) of the
-        # checkpoint's epoch, then its state; the loop moves on to the next grade as usual.
-        enter_grade(plan.grade_of(ck["epoch"]))
-        load_model_state(model, ck["grade_model"], resume_from, label)
-        opt.load_state_dict(ck["optimizer"])
-        history, start = ck["history"], ck["epoch"] + 1
-        grade_acc = [{int(k): v for k, v in a.items()} for a in ck["grade_accuracy"]]
-        best_val, best_epoch = ck["best_val"], ck["best_epoch"]
-        best_state = ck["best_model"] or None
-        if run is not None:
-            run.rewrite_metrics(history)
-
-    last_epoch = min(plan.epochs, stop_after_epoch) if stop_after_epoch else plan.epochs
-    bar = progress.task(label, total=sum(steps_of[start:last_epoch])) if progress else None
-    for epoch in range(start, last_epoch):
-        t0 = time.perf_counter()
-        g = plan.grade_of(epoch)
-        if g != grade:
-            enter_grade(g)
-        torch.manual_seed(derive(seed, epoch, 3))
-        seen = plan.seen[g]
+    def __init__(self, loaders: list[TensorLoader], seen: list[int], epoch: int, seed: int, mode: str):
+        self.loaders = loaders
         for k in seen:
             loaders[k].set_epoch(epoch)
-        if params.replay == "sequential":
-            tags = [k for k in seen for _ in range(len(loaders[k]))]
-        else:
-            pool = torch.as_tensor([k for k in seen for _ in range(len(loaders[k]))])
-            tags = pool[torch.randperm(len(pool), generator=generator(derive(seed, epoch, 4)))].tolist()
-        its = {k: iter(loaders[k]) for k in seen}
-        steps = len(tags)
-        model.set_mode(True)
-        sums: dict[str, Tensor] = {}
-        for step, k in enumerate(tags):
-            batch = next(its[k])
-            set_lr(opt, train.optimizer.lr, lr_factor(train.schedule, epoch + step / steps, plan.epochs))
-            t_logits = teachers[k](batch["x"])
-            z = model(batch["x"])
-            loss, terms = education_loss(z, lut[batch["y"]], slices[k], t_logits, params.alpha, params.tau)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if train.grad_clip:
-                nn.utils.clip_grad_norm_(model.trainable(), train.grad_clip)
-            opt.step()
-            terms["total"] = loss.detach()
-            for name, v in terms.items():  # summed on the device, read once per epoch
-                sums[name] = sums[name] + v.detach() if name in sums else v.detach()
-            if bar is not None:
-                bar.advance(1)
-        sums = {n: float(v) for n, v in sums.items()}
-        if not math.isfinite(sums.get("total", 0.0)):
-            raise KdlabError(f"{label}: the loss became non-finite in epoch {epoch + 1} (grade {g + 1}); "
-                             "lower train.optimizer.lr or set train.grad_clip")
-        val = group_accuracy(model, data.val, lut, plan.groups, seen, data.prepare, eval_batch_size)
-        test = group_accuracy(model, data.test, lut, plan.groups, seen, data.prepare, eval_batch_size)
-        record = {"epoch": epoch, "grade": g + 1, "lr": opt.param_groups[0]["lr"], "time": time.perf_counter() - t0,
-                  **{f"train_{n}": v / max(steps, 1) for n, v in sums.items()},
-                  **{f"val_{n}": v for n, v in val.items()}, **{f"test_{n}": v for n, v in test.items()}}
-        history.append(record)
-        if log_metrics is not None:
-            log_metrics(record)
-        # Model selection as in the reference: best accuracy over all classes, in the last grade.
-        if g == last_grade and (best_val is None or val["top1"] > best_val):
-            best_val, best_epoch = val["top1"], epoch
-            best_state = {n: v.detach().clone() for n, v in student.state_dict().items()}
-        if epoch + 1 == plan.epochs or plan.grade_of(epoch + 1) != g:
-            grade_acc.append({k: test[f"group{k + 1}"] for k in seen})
-        if run is not None:
-            save_atomic({"format": FORMAT, "arch": arch or {}, "epoch": epoch, "model": student.state_dict(),
-                         "best": {"epoch": best_epoch, "val_top1": best_val} if best_epoch is not None else {},
-                         "grade_model": model.state_dict(), "optimizer": opt.state_dict(), "history": history,
-                         "grade_accuracy": [{str(k): v for k, v in a.items()} for a in grade_acc],
-                         "best_val": best_val, "best_epoch": best_epoch, "best_model": best_state or {}},
-                        run.ckpt("last"))
-        if bar is not None:
-            bar.update(description=f"{label} grade {g + 1} ep {epoch + 1}/{plan.epochs} top1 {val['top1']:.2f}")
-    if bar is not None:
-        bar.done()
-    if last_epoch < plan.epochs:
-        return EducationRun(history, {"interrupted_after_epoch": last_epoch - 1}, grade_acc, best_state,
-                            stopped_after=last_epoch - 1)
-    model.eval()
-    summary = {"epochs": plan.epochs, "params": count_params(student),
-               "val_top1": history[-1]["val_top1"], "test_top1": history[-1]["test_top1"]}
-    if best_state is not None:
-        last_state = {n: v.clone() for n, v in student.state_dict().items()}
-        student.load_state_dict(best_state)
-        best_test = group_accuracy(model, data.test, lut, plan.groups, plan.seen[last_grade], data.prepare, eval_batch_size)
-        student.load_state_dict(last_state)
-        summary.update(best_test_top1=best_test["top1"], best_epoch=best_epoch, best_val_top1=best_val)
-    summary["grade_accuracy"] = [{str(k + 1): v for k, v in a.items()} for a in grade_acc]
-    summary["mean_epoch_time"] = sum(h["time"] for h in history) / len(history)
-    return EducationRun(history, summary, grade_acc, best_state)
+        tags = [k for k in seen for _ in range(len(loaders[k]))]
+        if mode == "interleaved":
+            order = torch.randperm(len(tags), generator=generator(derive(seed, epoch, 4))).tolist()
+            tags = [tags[i] for i in order]
+        self.tags = tags
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def __iter__(self):
+        its = {k: iter(self.loaders[k]) for k in set(self.tags)}
+        for k in self.tags:
+            yield {**next(its[k]), "group": k}
+
+
+class EducationCurriculum(Curriculum):
+    find_unused_parameters = True  # stages not grown yet take no part in the loss
+
+    def __init__(self, plan: GradePlan, teachers: list[GroupTeacher], params: EducationParams):
+        self.plan, self.group_teachers, self.params = plan, teachers, params
+        self.keep_optimizer_state = params.keep_optimizer
+        self.grade = -1
+        self.current: Optional[EducationModule] = None
+        self.grade_accuracy: list[dict[int, float]] = []
+        self._test: dict[int, dict[str, float]] = {}
+
+    def attach(self, trainer) -> None:
+        super().attach(trainer)
+        data, student = trainer.data, trainer.student
+        check_staged(student)
+        n_cls = data.num_classes
+        self.last_grade = len(self.plan.starts) - 1
+        group_train = [data.train.subset((column_index(g, n_cls, trainer.device)[data.train["y"]] >= 0).nonzero().squeeze(1))
+                       for g in self.plan.groups]
+        for k, s in enumerate(group_train):
+            if len(s) == 0:
+                raise KdlabError(f"group {k + 1} (classes {self.plan.groups[k]}) has no training samples")
+        self.loaders = [trainer.loader(s, shuffle=True, augment=True, seed=derive(trainer.setup.seed, 7, k))
+                        for k, s in enumerate(group_train)]
+        self.sample = data.prepare(data.train["x"][:2]) if data.prepare else data.train["x"][:2]
+
+    def _grade(self, g: int) -> EducationModule:
+        if g != self.grade:
+            t, plan, p = self.trainer, self.plan, self.params
+            columns = plan.columns(g, t.data.num_classes)
+            torch.manual_seed(derive(t.setup.seed, g, 5))  # the TR head's init depends on (seed, grade) only
+            model = GradeModel(t.student, plan.stages[g], columns, g == self.last_grade, self.sample)
+            lut = column_index(columns, t.data.num_classes, t.device)
+            slices = {k: lut[torch.as_tensor(plan.groups[k], device=t.device)] for k in plan.seen[g]}
+            self.current, self.grade = EducationModule(model, lut, slices, p.alpha, p.tau), g
+        return self.current
+
+    def module(self, epoch: int) -> nn.Module:
+        return self._grade(self.plan.grade_of(epoch))
+
+    def parameters(self, module: EducationModule):
+        return module.model.trainable()
+
+    def batches(self, epoch: int):
+        return GroupBatches(self.loaders, self.plan.seen[self.plan.grade_of(epoch)], epoch, self.trainer.setup.seed,
+                            self.params.replay)
+
+    def steps(self, epoch: int) -> int:
+        return sum(len(self.loaders[k]) for k in self.plan.seen[self.plan.grade_of(epoch)])
+
+    def teacher_outputs(self, batch) -> list[Outputs]:
+        return [Outputs(logits=z) for z in self.group_teachers[batch["group"]](batch["x"])]
+
+    def set_train_mode(self, module: EducationModule) -> None:
+        module.model.set_mode(True)
+
+    def _accuracy(self, split, epoch: int) -> dict[str, float]:
+        g = self.plan.grade_of(epoch)
+        t = self.trainer
+        return group_accuracy(self.current.model, split, self.current.lut, self.plan.groups, self.plan.seen[g],
+                              t.data.prepare, t.setup.eval_batch_size)
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        return self._accuracy(self.trainer.data.val, epoch)
+
+    def epoch_fields(self, epoch: int) -> dict[str, Any]:
+        """The grade, and the test accuracy on each seen group (for the forgetting plot)."""
+        g = self.plan.grade_of(epoch)
+        test = self._accuracy(self.trainer.data.test, epoch)
+        if epoch + 1 == self.plan.epochs or self.plan.grade_of(epoch + 1) != g:
+            self.grade_accuracy.append({k: test[f"group{k + 1}"] for k in self.plan.seen[g]})
+        return {"grade": g + 1, **{f"test_{n}": v for n, v in test.items()}}
+
+    def selectable(self, epoch: int) -> bool:
+        return self.plan.grade_of(epoch) == self.last_grade
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"grade_accuracy": [{str(k): v for k, v in a.items()} for a in self.grade_accuracy]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.grade_accuracy = [{int(k): v for k, v in a.items()} for a in state.get("grade_accuracy", [])]
+
+    def summary(self) -> dict[str, Any]:
+        return {"grade_accuracy": [{str(k + 1): v for k, v in a.items()} for a in self.grade_accuracy]}

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 from kdlab.config.schema import Experiment, TeacherSpec, stable_hash
 from kdlab.data.base import DataBundle, Split
 from kdlab.errors import KdlabError
-from kdlab.pipelines.context import RunContext
+from kdlab.stages.context import RunContext
 from kdlab.pipelines.education.params import EducationParams
-from kdlab.pipelines.teachers import load_teacher, obtain_teacher, teacher_key, train_or_reuse_teacher
+from kdlab.stages.teachers import load_teacher, obtain_teacher, teacher_key, train_or_reuse_teacher
 from kdlab.tasks.base import Task
 
 

@@ -15,16 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlab.methods.logit_utils import kl_to_target_per_sample
+
 
 def teacher_distribution(teacher_logits: list[Tensor], tau: float) -> Tensor:
     return torch.stack([F.softmax(t.float() / tau, dim=-1) for t in teacher_logits]).mean(0)
 
 
 def sliced_kd_loss(student_logits: Tensor, slice_cols: Tensor, teacher_logits: list[Tensor], tau: float) -> Tensor:
-    log_q = F.log_softmax(student_logits[:, slice_cols].float() / tau, dim=-1)
     p = teacher_distribution(teacher_logits, tau)
-    kl = (torch.xlogy(p, p) - p * log_q).sum(-1)
-    return kl.mean() * tau * tau
+    return kl_to_target_per_sample(student_logits[:, slice_cols], p, tau).mean()
 
 
 def education_loss(

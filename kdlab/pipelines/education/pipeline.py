@@ -10,15 +10,11 @@ from typing import Optional
 
 import torch
 
-from kdlab.config.schema import Experiment, MethodSpec, stable_hash
-from kdlab.engine.checkpoint import FORMAT, save_atomic
+from kdlab.config.schema import Experiment, MethodSpec
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.seeding import seed_everything
-from kdlab.engine.trainer import count_params
 from kdlab.errors import KdlabError
-from kdlab.pipelines.building import arch_record, build_model, load_data
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.education.grades import plan_grades, train_education
+from kdlab.models.build import build_model, count_params
+from kdlab.pipelines.education.grades import EducationCurriculum, plan_grades
 from kdlab.pipelines.education.group_teachers import (
     group_bundle,
     obtain_generalists,
@@ -28,9 +24,12 @@ from kdlab.pipelines.education.group_teachers import (
 from kdlab.pipelines.education.growth import check_staged
 from kdlab.pipelines.education.params import EducationParams
 from kdlab.pipelines.education.partition import confusion_matrix, partition_classes
-from kdlab.pipelines.training import RunStopped, open_run, train_stage
 from kdlab.registry import PIPELINES
 from kdlab.report.stats import fmt, mean_std
+from kdlab.seeding import seed_everything
+from kdlab.stages.building import load_data
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import run_stage, student_stage
 from kdlab.tasks.base import get_task
 
 
@@ -99,6 +98,7 @@ def _teacher_info(role, model, data, task, classes) -> dict:
     "education distillation: grow the student grade by grade from per-group teachers, vs CE/KD/avg/CA-MKD",
     "Feng et al. 2023, arXiv:2311.13811",
     params=EducationParams,
+    variants=False,
 )
 def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
     p: EducationParams = exp.pipeline.params()
@@ -145,58 +145,22 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
                 out.teachers.append(_teacher_info(f"group {k + 1} teacher {i}", m, group_bundle(data, groups[k]), task,
                                                   len(groups[k])))
 
-    base_cfg = exp.model_dump(mode="json", exclude={"variants"})
-    ed_grp = stable_hash({"experiment": exp.group_hash(), "variant": "ed"})
-    arch = arch_record(exp.student, data)
     histories = []
     for seed in exp.seeds:
-        seed_everything(seed)  # the student's initialisation is part of what the seed fixes
-        student = build_model(exp.student, data)
-        run, resume_from = None, None
-        if ctx.store is not None and ctx.env.main:
-            run, resume_from = open_run(ctx, name=exp.name, kind="student", grp=ed_grp, seed=seed, variant="ed",
-                                        config={**base_cfg, "seed": seed, "variant": "ed", "groups": groups})
-        try:
-            ed = train_education(
-                student=student, data=data, plan=plan, teachers=teachers, params=p, train=exp.train,
-                batch_size=exp.data.batch_size, eval_batch_size=exp.data.eval_batch_size, seed=seed,
-                device=ctx.device, progress=ctx.reporter if ctx.env.main else None, label=f"ed seed {seed}",
-                log_metrics=run.log_metrics if run is not None else None, run=run, arch=arch,
-                resume_from=resume_from, stop_after_epoch=ctx.stop_after_epoch,
-            )
-        except BaseException as e:
-            if run is not None:
-                run.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
-            raise
-        if ed.stopped_after is not None:
-            if run is not None:
-                run.finish("interrupted", {**ed.summary, "run_id": run.id, "seed": seed})
-            raise RunStopped(ed.stopped_after, run.id if run is not None else None)
-        # Same test metric as the baselines: the plain student through the task's evaluation.
-        final = evaluate(student, data.test, task, data.prepare, exp.data.eval_batch_size)
-        ed.summary.update({f"test_{k}": v for k, v in final.items()})
-        if run is not None:
-            save_atomic({"format": FORMAT, "arch": arch, "epoch": plan.epochs - 1, "model": student.state_dict(),
-                         "best": {}}, run.ckpt("last"))
-            best = ed.best_state or student.state_dict()
-            save_atomic({"format": FORMAT, "arch": arch, "epoch": ed.summary.get("best_epoch", plan.epochs - 1),
-                         "model": best, "best": {}}, run.ckpt("best"))
-            run.finish("done", {**ed.summary, "run_id": run.id, "seed": seed})
-        histories.append(ed.history)
-        out.results.setdefault("ed", []).append({**ed.summary, "run_id": run.id if run else None, "seed": seed})
+        stage = run_stage(ctx, student_stage(
+            exp, data, task, methods=[], seed=seed, variant="ed", label=f"ed seed {seed}",
+            curriculum=EducationCurriculum(plan, teachers, p),
+            record={"education": p.model_dump(mode="json"), "groups": groups},
+        ))
+        histories.append(stage.result.history)
+        out.results.setdefault("ed", []).append(stage.row())
 
     for name in p.baselines:
         methods = baseline_methods(name, p)
         ts = [] if name == "ce" else generalists[:1] if name == "kd" else generalists[: p.baseline_teachers]
-        grp = exp.group_hash(methods)
         for seed in exp.seeds:
-            stage = train_stage(
-                ctx, name=exp.name, kind="student", model_spec=exp.student, method_specs=methods, teachers=ts,
-                data=data, task=task, train=exp.train, batch_size=exp.data.batch_size,
-                eval_batch_size=exp.data.eval_batch_size, seed=seed, grp=grp, variant=name,
-                config={**base_cfg, "methods": [m.model_dump(mode="json") for m in methods], "seed": seed, "variant": name},
-            )
-            out.results.setdefault(name, []).append({**stage.summary, "run_id": stage.run_id, "seed": seed})
+            stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=name, teachers=ts))
+            out.results.setdefault(name, []).append(stage.row())
 
     if ctx.env.main:
         from kdlab.report.forgetting import forgetting_plot

@@ -6,6 +6,8 @@ methods, seed); an experiment with the same key reuses it instead of training ag
 
 from __future__ import annotations
 
+import contextlib
+
 from torch import nn
 
 from kdlab.config.schema import Experiment, MethodSpec, TeacherSpec, stable_hash
@@ -13,9 +15,10 @@ from kdlab.data.base import DataBundle
 from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import load_model_state, read_checkpoint
 from kdlab.errors import KdlabError
-from kdlab.pipelines.building import build_model, load_data
-from kdlab.pipelines.context import RunContext
-from kdlab.pipelines.training import train_stage
+from kdlab.models.build import build_model
+from kdlab.stages.building import load_data
+from kdlab.stages.context import RunContext
+from kdlab.stages.stage import Stage, run_stage
 from kdlab.tasks.base import Task
 
 
@@ -66,37 +69,25 @@ def train_or_reuse_teacher(
     ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: DataBundle, task: Task, *, key: str, role: str,
     name: str, data_spec, extra_config: dict | None = None,
 ) -> nn.Module:
-    """The stored teacher with this key if there is one, else train it as a stage and store it."""
-    found = ctx.store.find_done(key) if ctx.store is not None else None
-    path = D.broadcast_object(str(found.ckpt("best")) if found is not None else None)
-    if path is not None:
-        ctx.log(f"{role}: reusing {found.id if found else 'stored teacher'} (same data, model, recipe and seed)")
-        return load_teacher(spec, data, path, role)
-    seed = spec.seed if spec.seed is not None else exp.seeds[0]
-    train = spec.train or exp.train
-    stage = train_stage(
-        ctx,
-        name=name,
-        kind="teacher",
-        model_spec=spec.model,
-        method_specs=teacher_methods(spec, task),
-        teachers=[],
-        data=data,
-        task=task,
-        train=train,
-        batch_size=data_spec.batch_size,
-        eval_batch_size=data_spec.eval_batch_size,
-        seed=seed,
-        grp=key,
-        key=key,
-        config={"teacher_of": exp.name, **spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {})},
-        label=f"{role} {spec.model.name}",
-    )
+    """The stored teacher with this key if there is one, else train it as a stage and store it.
+    Processes that need the same teacher at once queue on a lock: it is trained once."""
+    with ctx.store.lock(key) if ctx.store is not None and ctx.env.main else contextlib.nullcontext():
+        found = ctx.store.find_done(key) if ctx.store is not None and ctx.env.main else None
+        path = D.broadcast_object(str(found.ckpt("best")) if found is not None else None)
+        if path is not None:
+            ctx.log(f"{role}: reusing {found.id if found else 'stored teacher'} (same data, model, recipe and seed)")
+            return load_teacher(spec, data, path, role)
+        seed = spec.seed if spec.seed is not None else exp.seeds[0]
+        train = spec.train or exp.train
+        stage = run_stage(ctx, Stage(
+            name=name, kind="teacher", model=spec.model, methods=teacher_methods(spec, task), seed=seed, data=data,
+            task=task, data_spec=data_spec, train=train, key=key, label=f"{role} {spec.model.name}",
+            config={"teacher_of": exp.name, **spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
+                    "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {})},
+        ))
     # Distil from the best-on-validation weights, as the stored teacher would be.
     if stage.run_path is not None:
-        D.barrier()
-        return load_teacher(spec, data, str(stage.run_path) + "/checkpoints/best.pt", role)
+        return load_teacher(spec, data, stage.best_checkpoint(), role)
     return stage.model.eval()
 
 

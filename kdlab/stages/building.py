@@ -1,4 +1,4 @@
-"""Build data, models and methods from validated specs."""
+"""Build data and methods from validated specs (models: `kdlab.models.build`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from torch import nn
 from kdlab.config.schema import DataSpec, MethodSpec, ModelSpec
 from kdlab.data.base import DataBundle, Split
 from kdlab.methods.base import Method, MethodContext
-from kdlab.registry import DATASETS, METHODS, MODELS
+from kdlab.models.build import build_model
+from kdlab.registry import DATASETS, METHODS
 
 
 def load_data(spec: DataSpec) -> DataBundle:
@@ -40,13 +41,6 @@ def subsample(split: Split, fraction: float, seed: int) -> Split:
     return split.subset(index)
 
 
-def build_model(spec: ModelSpec, data: DataBundle) -> nn.Module:
-    num_classes = spec.num_classes or data.num_classes
-    return MODELS.get(spec.name).obj(
-        num_classes=num_classes, input_shape=tuple(data.input_shape), **data.model_args, **spec.params
-    )
-
-
 def build_methods(specs: list[MethodSpec], ctx: MethodContext) -> tuple[list[Method], list[float]]:
     methods, weights = [], []
     for spec in specs:
@@ -54,15 +48,6 @@ def build_methods(specs: list[MethodSpec], ctx: MethodContext) -> tuple[list[Met
         methods.append(cls(spec.build_params(), ctx))
         weights.append(spec.weight)
     return methods, weights
-
-
-def arch_record(spec: ModelSpec, data: DataBundle) -> dict:
-    return {
-        "model": spec.name,
-        "params": spec.params,
-        "num_classes": spec.num_classes or data.num_classes,
-        "input_shape": list(data.input_shape),
-    }
 
 
 def method_context(data: DataBundle, student, teachers, epochs: int, device: torch.device, task) -> MethodContext:
@@ -78,10 +63,17 @@ def method_context(data: DataBundle, student, teachers, epochs: int, device: tor
     )
 
 
+def reads_layers(spec: MethodSpec) -> bool:
+    """Whether a method reads intermediate layers (and so can name a wrong one)."""
+    from kdlab.methods.feature_layers import LayerParams
+
+    return issubclass(METHODS.get(spec.name).obj.Params, LayerParams)
+
+
 def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
     """Build every variant's methods against untrained student and teacher models, so a wrong
     layer path or hyper-parameter fails before any teacher or student trains."""
-    if not any(m.needs_layers for ms in exp.method_sets().values() for m in ms):
+    if not any(reads_layers(m) for ms in exp.method_sets().values() for m in ms):
         return
     student = build_model(exp.student, data)
     teachers = [build_model(t.model, data) for t in exp.all_teachers()]

@@ -1,0 +1,21 @@
+"""A batch is a dict of tensors cut from a split by sample index."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from kdlab.data.base import Split
+
+
+def cut_batch(split: Split, index: Tensor, prepare=None, augment=None, generator=None) -> dict[str, Tensor]:
+    """Samples `index` of a split as a batch: every tensor indexed, `x` prepared and augmented."""
+    batch = {k: v[index] for k, v in split.tensors.items()}
+    batch["index"] = index
+    if "x" in batch:
+        x = batch["x"]
+        if prepare is not None:
+            x = prepare(x)
+        if augment is not None:
+            x = augment(x, generator)
+        batch["x"] = x
+    return batch

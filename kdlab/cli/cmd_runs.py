@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from rich.table import Table
 
-from kdlab.cli.common import console
+from kdlab.cli.common import console, positive_int
 from kdlab.errors import KdlabError
 from kdlab.report.stats import fmt, mean_std
 from kdlab.store.runstore import RunStore
@@ -16,7 +16,7 @@ from kdlab.store.runstore import RunStore
 def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="list the runs in the store")
     p.add_argument("--store", default=None)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.set_defaults(func=cmd_runs)
 
     c = sub.add_parser("compare", help="final and best metrics of runs side by side, mean ± std over seeds")

@@ -40,6 +40,8 @@ def print_result(result: Any) -> None:
         return
     if isinstance(result, ExperimentResult):
         for i, t in enumerate(result.teachers):
-            main_print(f"teacher {i}: {t['params']:,} params, test {result.metric} {t.get('test_' + result.metric, float('nan')):.2f}")
+            main_print(f"teacher {i}: {t['params']:,} params, test {result.metric} "
+                       f"{t.get('test_' + result.metric, float('nan')):.2f} (the weights distilled "
+                       "from: best-val epoch or given checkpoint)")
         header, rows = comparison_rows(result.results, result.metric, result.baseline)
         main_print(rich_table(header, rows, title=result.name))

@@ -31,3 +31,19 @@ def write_config(tmp_path: Path, cfg: dict | None = None, name: str = "exp.yaml"
 
 def cli(*args: str) -> int:
     return main([str(a) for a in args])
+
+
+def run_bad(capsys, *args):
+    """Run the CLI on bad input: (exit code, non-empty stderr lines, stderr)."""
+    code = cli(*args)
+    err = capsys.readouterr().err
+    return code, [l for l in err.strip().splitlines() if l.strip()], err
+
+
+def assert_clear(code, lines, err, *needles):
+    """Exit code 2, one or two lines, no traceback, and every needle in the message."""
+    assert code == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert 1 <= len(lines) <= 2, err
+    for n in needles:
+        assert n in err, f"{n!r} not in {err!r}"

@@ -70,7 +70,8 @@ def test_configs_match_generator():
 def test_config_validates_with_standard_recipe(path):
     exp = load_config(path)
     assert exp.seeds == [0, 1, 2] and exp.data.name == "cifar100" and exp.data.batch_size == 64
-    assert exp.data.params["path"] == "data/cifar-100-python"
+    # a relative path is read from the config file's folder
+    assert exp.data.params["path"] == str(path.parent / "data" / "cifar-100-python")
     light = exp.student.name == "mobilenetv2"
     for train in [exp.train] + ([exp.teacher.train] if exp.teacher else []):
         assert train.epochs == 240 and train.optimizer.name == "sgd"

@@ -7,23 +7,8 @@ import sys
 import pytest
 import torch
 
-from helpers import cli, write_config
+from helpers import assert_clear, run_bad, write_config
 from kdlab.models.mlp import mlp
-
-
-def run_bad(capsys, *args):
-    code = cli(*args)
-    err = capsys.readouterr().err
-    lines = [l for l in err.strip().splitlines() if l.strip()]
-    return code, lines, err
-
-
-def assert_clear(code, lines, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert 1 <= len(lines) <= 2, err
-    for n in needles:
-        assert n in err, f"{n!r} not in {err!r}"
 
 
 def test_malformed_yaml(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdlab.cli.common import console
+from kdlab.cli.common import console, positive_int
 from kdlab.report.tables import rich_table
 
 
@@ -12,9 +12,9 @@ def add_parsers(sub) -> None:
     # Defaults depend on the benchmark: step resnet32->resnet8, 20 steps x 3; methods resnet20->resnet8, 10 x 2.
     p.add_argument("--teacher", default=None)
     p.add_argument("--student", default=None)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=None)
+    p.add_argument("--repeats", type=positive_int, default=None)
     p.add_argument("--methods", default=None, help="methods: comma-separated names (default: the whole zoo)")
     p.add_argument("--device", default="cpu", help="methods: cpu or cuda[:N]")
     p.set_defaults(func=cmd_bench)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib import resources
 
 from kdlab.cli.common import add_run_options, main_print
-from kdlab.config.load import apply_overrides, parse_overrides, read_yaml, validate
+from kdlab.config.load import read_config, validate, with_overrides
 from kdlab.report.stats import fmt, gain, mean_std
 from kdlab.report.tables import rich_table
 
@@ -26,7 +26,7 @@ def cmd_demo(args) -> int:
     from kdlab.stages.runner import run_experiment
 
     path = demo_config_path()
-    exp = validate(apply_overrides(read_yaml(path), parse_overrides(args.overrides)), "demo config")
+    exp = validate(with_overrides(read_config(path), args.overrides), "demo config")
     main_print(
         f"kdlab demo: teacher {exp.teacher.model.name} -> student {exp.student.name} on '{exp.data.name}', "
         f"{exp.train.epochs} epochs, seeds {exp.seeds} (config: {path})"

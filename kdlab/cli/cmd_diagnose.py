@@ -3,10 +3,12 @@ ladder CE, LS, KD-pt, KD-sim, KD-pt+sim, KD over the config's seeds and writes a
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 from kdlab.cli.common import add_run_options, main_print
-from kdlab.config.load import apply_overrides, parse_overrides, read_yaml, validate
+from kdlab.config.load import read_config, validate, with_overrides
+from kdlab.config.paths import check_inputs_exist
 
 
 def builtin_config_path() -> str:
@@ -33,15 +35,16 @@ def cmd_diagnose(args) -> int:
     if config is not None and "=" in config and not config.endswith((".yaml", ".yml")):
         config, overrides = None, [config, *overrides]
     path = config or builtin_config_path()
-    raw = read_yaml(path)
+    raw = read_config(path)
     pipe = raw.get("pipeline") or {}
     if not isinstance(pipe, dict) or pipe.get("name", "diagnose") != "diagnose":
         pipe = {}  # the config's own pipeline is replaced: diagnose defines the stages
     raw["pipeline"] = {**pipe, "name": "diagnose"}
-    raw = apply_overrides(raw, parse_overrides(overrides))
+    raw = with_overrides(raw, overrides)
     if args.out:
-        raw["pipeline"]["report_dir"] = args.out
+        raw["pipeline"]["report_dir"] = os.path.abspath(args.out)
     exp = validate(raw, path)
+    check_inputs_exist(exp.model_dump(mode="json"), path)
     main_print(f"kdlab diagnose: teacher {exp.teacher.model.name if exp.teacher else '?'} -> student {exp.student.name} "
                f"on '{exp.data.name}', {exp.train.epochs} epochs × {len(exp.seeds)} seeds × 6 rungs (config: {path})")
     res = run_experiment(exp, device=args.device, store=args.store, progress=not args.quiet)

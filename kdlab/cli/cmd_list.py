@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from kdlab.cli.common import console
+from kdlab.cli.common import console, positive_int
 from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS, METHODS, MODELS, PIPELINES
 
@@ -16,7 +16,7 @@ def add_parsers(sub) -> None:
     p.add_argument("kind", choices=[*KINDS, "layers"])
     p.add_argument("model", nargs="?", help="with `layers`: the model whose module paths to print")
     p.add_argument("--input-shape", default="3,32,32", help="with `layers`: input shape, e.g. 3,32,32 or 64")
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--num-classes", type=positive_int, default=10)
     p.set_defaults(func=cmd_list)
 
 
@@ -40,7 +40,11 @@ def _layers(args) -> int:
         shape = tuple(int(s) for s in args.input_shape.split(","))
     except ValueError:
         raise KdlabError(f"--input-shape must be comma-separated integers (got {args.input_shape!r})") from None
-    model = MODELS.get(args.model).obj(num_classes=args.num_classes, input_shape=shape)
+    builder = MODELS.get(args.model).obj
+    try:
+        model = builder(num_classes=args.num_classes, input_shape=shape)
+    except (ValueError, RuntimeError, TypeError) as e:
+        raise KdlabError(f"model '{args.model}' cannot be built for --input-shape {args.input_shape}: {e}") from None
     hints = set(getattr(model, "hint_points", []))
     for name, module in model.named_modules():
         if name:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kdlab.cli.common import add_run_options, console
+from kdlab.cli.common import add_run_options, console, positive_int
 from kdlab.config.load import load_config
+from kdlab.config.paths import check_inputs_exist
 
 
 def add_parsers(sub) -> None:
@@ -12,7 +13,7 @@ def add_parsers(sub) -> None:
     p.add_argument("overrides", nargs="*", help="overrides such as train.epochs=5 methods.1.tau=2")
     p.add_argument("--resume", action="store_true", help="continue the interrupted runs of this config")
     p.add_argument(
-        "--stop-after-epoch", type=int, default=None, metavar="N",
+        "--stop-after-epoch", type=positive_int, default=None, metavar="N",
         help="stop every run after epoch N (time-boxing); --resume continues",
     )
     add_run_options(p)
@@ -26,6 +27,7 @@ def add_parsers(sub) -> None:
 
 def cmd_validate(args) -> int:
     exp = load_config(args.config, args.overrides)
+    check_inputs_exist(exp.model_dump(mode="json"), args.config)
     teachers = ", ".join(t.model.name for t in exp.all_teachers()) or "none"
     sets = exp.method_sets()
     methods = "; ".join(f"{k}: " + " + ".join(f"{m.weight:g}·{m.name}" for m in v) for k, v in sets.items())
@@ -39,6 +41,7 @@ def cmd_run(args) -> int:
     from kdlab.stages.runner import run_experiment
 
     exp = load_config(args.config, args.overrides)
+    check_inputs_exist(exp.model_dump(mode="json"), args.config)
     result = run_experiment(
         exp, device=args.device, store=args.store, resume=args.resume,
         stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 from rich.table import Table
 
-from kdlab.cli.common import console
+from kdlab.cli.common import console, positive_int
 from kdlab.errors import KdlabError
 from kdlab.report.stats import fmt, mean_std
 from kdlab.store.runstore import RunStore
@@ -15,7 +15,7 @@ from kdlab.store.runstore import RunStore
 def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="list the runs in the store")
     p.add_argument("--store", default=None)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=positive_int, default=50)
     p.set_defaults(func=cmd_runs)
 
     c = sub.add_parser("compare", help="final and best metrics of runs side by side, mean ± std over seeds")
@@ -42,7 +42,7 @@ def cmd_runs(args) -> int:
     table = Table(title=f"runs in {store.root}")
     # The id starts with its creation time; `kdlab compare` takes unique id prefixes.
     table.add_column("id", overflow="fold", ratio=3)
-    for col in ("kind", "seed", "status", "epochs", "metric", "test (last)", "test (best val)"):
+    for col in ("kind", "seed", "status", "epochs", "metric", "test (last epoch)", "test (best-val epoch)"):
         table.add_column(col, ratio=1)
     for r in rows:
         s, metric = r["summary"], r["metric"] or ""  # the task's primary metric, stored with the run

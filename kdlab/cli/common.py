@@ -6,13 +6,40 @@ import argparse
 
 from rich.console import Console
 
+from kdlab.config.schema import check_device
 from kdlab.engine import distributed as D
 
 console = Console()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a two-line error (the wrapped usage of a subcommand can fill a screen)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` shows the usage)\n")
+
+
+def device_arg(value: str) -> str:
+    """argparse type for --device: auto, cpu, cuda or cuda:N."""
+    try:
+        return check_device(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(value: str) -> int:
+    """argparse type for counts that must be at least 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (got {n})")
+    return n
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    p.add_argument("--device", default=None, type=device_arg, help="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--store", default=None, help="run store directory (default ./runs or $KDLAB_HOME)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", dest="sub_debug", action="store_true", help="show tracebacks for errors")

@@ -12,7 +12,9 @@ from kdlab.errors import KdlabError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kdlab", description="kdlab: a knowledge-distillation lab for PyTorch")
+    from kdlab.cli.common import Parser
+
+    parser = Parser(prog="kdlab", description="kdlab: a knowledge-distillation lab for PyTorch")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import kdlab.cli as pkg
@@ -27,12 +29,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     # Overrides (key=value) may stand anywhere among the options.
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-            args.overrides = [*args.overrides, *extra]
-        else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:  # argparse exits on a bad option (code 2) or --help (0): return that code instead
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+                args.overrides = [*args.overrides, *extra]
+            else:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
     debug = args.debug or getattr(args, "sub_debug", False)
     if not getattr(args, "func", None):
         parser.print_help()

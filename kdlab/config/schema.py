@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, Optional
+import re
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from kdlab.config.numbers import Float, Int, refuse_bools
 from kdlab.config.signature import validate_params
 from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS, METHODS, MODELS, PIPELINES
@@ -15,6 +17,16 @@ from kdlab.registry import DATASETS, METHODS, MODELS, PIPELINES
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(v: str) -> str:
+    """`v` if it names a device kdlab can use, else ValueError listing the choices."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+        raise ValueError(f"device must be {DEVICE_CHOICES} (got {v!r})")
+    return v
 
 
 def _lookup(registry, name: str):
@@ -28,7 +40,7 @@ class ModelSpec(Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     # Only for a model trained on another label set than the data's (rare): checked against the student.
-    num_classes: Optional[int] = Field(None, ge=1)
+    num_classes: Optional[Int] = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _check(self):
@@ -40,12 +52,12 @@ class ModelSpec(Strict):
 class DataSpec(Strict):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(1024, ge=1)
-    split_seed: int = 0  # the train/val/test split; fixed across training seeds
+    batch_size: Int = Field(64, ge=1)
+    eval_batch_size: Int = Field(1024, ge=1)
+    split_seed: Int = 0  # the train/val/test split; fixed across training seeds
     # Keep a seeded, stratified fraction of the training split (val and test are untouched):
     # e.g. a student distilled on a small transfer set from a teacher trained on all of it.
-    train_fraction: float = Field(1.0, gt=0, le=1)
+    train_fraction: Float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _check(self):
@@ -59,11 +71,12 @@ class MethodSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
-    weight: float = Field(1.0, ge=0)
+    weight: Float = Field(1.0, ge=0)
 
     @model_validator(mode="after")
     def _check(self):
         cls = _lookup(METHODS, self.name).obj
+        refuse_bools(cls.Params, self.model_extra or {}, f"method '{self.name}'")
         try:
             parsed = cls.Params(**(self.model_extra or {}))
         except ValidationError as e:
@@ -87,27 +100,41 @@ class MethodSpec(BaseModel):
 
 class OptimizerSpec(Strict):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    lr: Float = Field(0.05, gt=0)
+    momentum: Float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: Float = Field(5e-4, ge=0)
+    # Adam's decay rates of the moment estimates: each in [0, 1).
+    betas: tuple[Annotated[Float, Field(ge=0, lt=1)], Annotated[Float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs a momentum above 0: set train.optimizer.momentum or nesterov: false")
+        return self
 
 
 class ScheduleSpec(Strict):
     name: Literal["constant", "step", "multistep", "cosine"] = "cosine"
-    warmup_epochs: float = Field(0.0, ge=0)
-    step_size: int = Field(30, ge=1)  # for `step`
-    milestones: list[int] = Field(default_factory=list)  # for `multistep`
-    gamma: float = Field(0.1, gt=0, le=1)
-    min_lr_ratio: float = Field(0.0, ge=0, le=1)  # for `cosine`
+    warmup_epochs: Float = Field(0.0, ge=0)
+    step_size: Int = Field(30, ge=1)  # for `step`
+    milestones: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=list)  # for `multistep`
+    gamma: Float = Field(0.1, gt=0, le=1)
+    min_lr_ratio: Float = Field(0.0, ge=0, le=1)  # for `cosine`
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError(f"milestones must be increasing epochs (got {v})")
+        return v
 
 
 class TrainSpec(Strict):
-    epochs: int = Field(10, ge=1)
+    epochs: Int = Field(10, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
-    grad_clip: Optional[float] = Field(None, gt=0)
+    grad_clip: Optional[Float] = Field(None, gt=0)
     amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
 
@@ -125,7 +152,7 @@ class TeacherSpec(Strict):
     train: Optional[TrainSpec] = None
     # How the teacher itself is trained; default: the task's supervised loss (ce, or bpr for ranking).
     methods: Optional[list[MethodSpec]] = None
-    seed: Optional[int] = None  # default: the experiment's first seed
+    seed: Optional[Int] = None  # default: the experiment's first seed
 
 
 class PipelineSpec(BaseModel):
@@ -137,6 +164,7 @@ class PipelineSpec(BaseModel):
         entry = _lookup(PIPELINES, self.name)
         params_cls = entry.extra.get("params")
         if params_cls is not None:
+            refuse_bools(params_cls, self.model_extra or {}, f"pipeline '{self.name}'")
             try:
                 params_cls(**(self.model_extra or {}))
             except ValidationError as e:
@@ -152,7 +180,7 @@ class PipelineSpec(BaseModel):
 
 class Experiment(Strict):
     name: str = "experiment"
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Int] = Field(default_factory=lambda: [0], min_length=1)
     device: str = "auto"
     data: DataSpec
     teacher: Optional[TeacherSpec] = None
@@ -164,12 +192,18 @@ class Experiment(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     pipeline: Optional[PipelineSpec] = None
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        repeated = sorted({s for s in v if v.count(s) > 1})
+        if repeated:
+            raise ValueError(f"seed(s) {', '.join(map(str, repeated))} given twice: each seed must differ (got {v})")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v != "auto" and not (v == "cpu" or v.startswith("cuda")):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N (got {v!r})")
-        return v
+        return check_device(v)
 
     @model_validator(mode="after")
     def _check(self):

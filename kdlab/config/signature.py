@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from kdlab.config.numbers import refuse_bools
 from kdlab.errors import suggest
 
 # Filled in by the engine (or by the data's `model_args`), never by the user.
@@ -29,6 +30,7 @@ def params_model(fn: Callable) -> type[BaseModel]:
 def validate_params(fn: Callable, params: dict[str, Any], what: str) -> dict[str, Any]:
     """Return the params with types coerced; raise ValueError naming the bad key."""
     model = params_model(fn)
+    refuse_bools(model, params, what + " parameter")
     try:
         return model(**params).model_dump()
     except ValidationError as e:

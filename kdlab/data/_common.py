@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kdlab.data.base import Split, split_arrays
+from kdlab.data.base import Split, check_classes, split_arrays
 from kdlab.errors import KdlabError
 
 
@@ -37,8 +37,11 @@ def split_train_val(
     """Seeded, stratified train/val split; val is None when val_fraction is 0."""
     check_fractions(val_fraction)
     if val_fraction == 0:
-        return _as_split(x, y, seed), None
-    train, _, val = split_arrays(x, y, seed, val_fraction=0.0, test_fraction=val_fraction)
+        train = _as_split(x, y, seed)
+        check_classes(train)
+        return train, None
+    train, _, val = split_arrays(x, y, seed, val_fraction=0.0, test_fraction=val_fraction,
+                                 names=("train", "unused", "val"))
     return train, val
 
 

@@ -10,9 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
+
+from kdlab.errors import KdlabError
 
 # (x, generator) -> x, applied to a whole training batch on its device.
 BatchTransform = Callable[[Tensor, torch.Generator], Tensor]
@@ -76,8 +80,11 @@ def split_arrays(
     test_fraction: float = 0.2,
     extra: Optional[dict[str, np.ndarray]] = None,
     stratify: bool = True,
+    names: tuple[str, str, str] = ("train", "val", "test"),
 ) -> tuple[Split, Split, Split]:
-    """Seeded, stratified train/val/test split of arrays into tensor splits."""
+    """Seeded, stratified train/val/test split of arrays into tensor splits. KdlabError when
+    a split with a fraction above 0 (or train) is empty, or, stratified, train has one class;
+    `names` name the three splits in that message."""
     n = len(y)
     if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
@@ -99,4 +106,38 @@ def split_arrays(
             tensors[k] = torch.as_tensor(v[idx])
         return Split(tensors)
 
-    return make(idx_train), make(idx_val), make(idx_test)
+    train, val, test = make(idx_train), make(idx_val), make(idx_test)
+    fractions = {names[0]: None, names[1]: val_fraction, names[2]: test_fraction}
+    check_split_sizes({names[0]: train, names[1]: val, names[2]: test}, fractions, n, stratify)
+    if stratify:
+        check_classes(train, names[0])
+    return train, val, test
+
+
+def check_split_sizes(
+    splits: dict[str, Split], fractions: dict[str, Optional[float]], total: int, stratified: bool
+) -> None:
+    """KdlabError naming each split's size when one that should hold samples is empty
+    (fraction None: the remainder, which must not be empty either; fraction 0: empty by design)."""
+    empty = [k for k, s in splits.items() if len(s) == 0 and fractions.get(k) != 0]
+    if not empty:
+        return
+    sizes = ", ".join(f"{k} {len(s)}" for k, s in splits.items() if fractions.get(k) != 0)
+    per = " of some class (the split is stratified per class)" if stratified else ""
+    needs = [f"{k}_fraction={fractions[k]:g} needs at least {math.ceil(1 / fractions[k])} samples{per}"
+             for k in empty if fractions.get(k)]
+    fix = "; ".join(needs) or "lower val_fraction and test_fraction"
+    raise KdlabError(
+        f"the data is too small for its splits: {total} samples gave {sizes}; every split needs at "
+        f"least one sample ({fix}): give more samples or change the fractions"
+    )
+
+
+def check_classes(train: Split, name: str = "train") -> None:
+    """KdlabError when a classification training split holds fewer than two classes."""
+    classes = torch.unique(train["y"]) if len(train) else torch.zeros(0)
+    if len(classes) < 2:
+        raise KdlabError(
+            f"the {name} split holds {len(classes)} class(es) ({', '.join(str(int(c)) for c in classes) or 'none'});"
+            " a classifier needs labels of at least 2 classes"
+        )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import warnings
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -78,6 +80,53 @@ def _inputs(x: np.ndarray, name: str, path: str) -> np.ndarray:
     raise KdlabError(f"array '{name}' in '{path}' has dtype {x.dtype}; inputs must be numeric")
 
 
+def class_count(labels: list[np.ndarray], path: str, declared: Optional[int]) -> int:
+    """C for labels 0..C-1: `declared`, or max + 1 when that is not much more than the classes
+    present (a stray 1e9 would otherwise make a billion-way classifier)."""
+    top = max(int(y.max()) for y in labels if len(y))
+    if declared is not None:
+        if declared < 2:
+            raise KdlabError(f"data.params.num_classes={declared}: a classifier needs at least 2 classes")
+        if top >= declared:
+            raise KdlabError(
+                f"'{path}' has label {top} but num_classes={declared}: labels must be 0..{declared - 1}"
+            )
+        return declared
+    present = len(np.unique(np.concatenate(labels)))
+    if top + 1 > 2 * present:
+        raise KdlabError(
+            f"'{path}' has {present} distinct labels but the largest is {top}: labels must be 0..C-1;"
+            f" relabel them 0..{present - 1}, or declare data.params.num_classes if classes are absent"
+        )
+    return top + 1
+
+
+def scale_features(train: Split, val: Split, test: Split, standardize: bool, path: str, meta: dict):
+    """Standardise every split with the training split's per-feature mean and std (a constant
+    feature is only centred), or, when switched off, warn when features span thousands."""
+    x = train["x"]
+    if not standardize:
+        span = float(x.abs().max()) if len(x) else 0.0
+        if span >= 1000:
+            warnings.warn(
+                f"'{path}': features reach {span:.3g} and are not standardised (standardize: false);"
+                " training may diverge: scale them or drop standardize: false",
+                stacklevel=2,
+            )
+        return train, val, test
+    mean = x.mean(dim=0, dtype=torch.float64)
+    std = x.std(dim=0, unbiased=False).double() if len(x) > 1 else torch.ones_like(mean)
+    std = torch.where(std > 0, std, torch.ones_like(std))
+    meta.update(feature_mean=mean.float(), feature_std=std.float())
+
+    def apply(split: Split) -> Split:
+        scaled = ((split["x"].double() - mean) / std).float()
+        return Split({**split.tensors, "x": scaled})
+
+    scaled_test = apply(test)
+    return apply(train), scaled_test if val is test else apply(val), scaled_test
+
+
 @DATASETS.register(
     "npz",
     "arrays x, y (and optional x_test, y_test) from a local .npz file",
@@ -88,10 +137,14 @@ def build_npz(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    standardize: bool = True,
+    num_classes: Optional[int] = None,
 ) -> DataBundle:
     """Without x_test/y_test: seeded, stratified train/val/test split of x, y. With them: they
     are the test split and val is carved from x, y (val_fraction=0: val is the test split).
-    uint8 inputs stay uint8 in memory and are scaled to [0, 1] per batch; others are float32."""
+    uint8 inputs stay uint8 in memory and are scaled to [0, 1] per batch; others are float32,
+    standardised per feature with the training split's mean and std (standardize=False: as
+    stored). Labels are 0..C-1, C = max label + 1 unless num_classes declares it."""
     check_fractions(val_fraction, test_fraction)
     arrays = _load_npz(path)
     missing = [k for k in ("x", "y") if k not in arrays]
@@ -128,15 +181,19 @@ def build_npz(
         test = Split({"x": torch.as_tensor(x_test), "y": torch.as_tensor(y_test)})
         if val is None:
             val, meta["val_is_test"] = test, True
-        labels_max = max(int(y.max()), int(y_test.max()) if len(y_test) else 0)
+        if len(y_test) == 0:
+            raise KdlabError(f"'{path}': x_test and y_test are empty; give test samples or leave both out")
+        classes = class_count([y, y_test], path, num_classes)
     else:
+        classes = class_count([y], path, num_classes)
         train, val, test = split_arrays(x, y, seed, val_fraction, test_fraction)
-        labels_max = int(y.max())
+    if x.dtype != np.uint8:
+        train, val, test = scale_features(train, val, test, standardize, path, meta)
     return DataBundle(
         train=train,
         val=val,
         test=test,
-        num_classes=labels_max + 1,
+        num_classes=classes,
         input_shape=tuple(int(s) for s in x.shape[1:]),
         prepare=to_unit_float if x.dtype == np.uint8 else None,
         meta=meta,

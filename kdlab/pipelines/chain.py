@@ -49,7 +49,7 @@ class ChainResult:
 
         m = self.metric
         several = len(self.chains) > 1
-        header = ["link", "model", "params", "seeds", f"test {m} (last)", f"test {m} (best val)"]
+        header = ["link", "model", "params", "seeds", f"test {m} (last epoch)", f"test {m} (best-val epoch)"]
         header = ["variant", *header] if several else header
         rows = []
         for variant, links in self.chains.items():

@@ -31,7 +31,8 @@ class ExperimentResult:
         from kdlab.report.tables import comparison_rows, rich_table
 
         lines = [Text(f"teacher {i}: {t['params']:,} params, test {self.metric} "
-                      f"{t.get('test_' + self.metric, float('nan')):.2f} (the best-validation weights it teaches with)")
+                      f"{t.get('test_' + self.metric, float('nan')):.2f} (the weights distilled from: best-val epoch "
+                      "or given checkpoint)")
                  for i, t in enumerate(self.teachers)]
         header, rows = comparison_rows(self.results, self.metric, self.baseline)
         return Group(*lines, rich_table(header, rows, title=self.name))

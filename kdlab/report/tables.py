@@ -13,10 +13,11 @@ def comparison_rows(
     results: dict[str, list[dict]], metric: str = "top1", baseline: Optional[str] = "ce", label: str = "variant"
 ) -> tuple[list[str], list[list[str]]]:
     """results: variant -> per-seed summaries (with test_<metric> and best_test_<metric>)."""
-    header = [label, "params", "seeds", f"test {metric} (last)", f"test {metric} (best val)"]
+    # Which weights each accuracy is of: the last epoch's, or those of the best validation epoch.
+    header = [label, "params", "seeds", f"test {metric} (last epoch)", f"test {metric} (best-val epoch)"]
     base = results.get(baseline) if baseline else None
     if base is not None:
-        header.append(f"gain over {baseline}")
+        header.append(f"gain over {baseline} (last epoch)")
     rows = []
     for name, runs in results.items():
         last = [r.get(f"test_{metric}") for r in runs]

@@ -27,6 +27,8 @@ from typing import Any, Optional
 
 import yaml
 
+from kdlab.errors import KdlabError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -119,14 +121,31 @@ class Run:
 class RunStore:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_store_root()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
-        with self._db() as db:
-            db.executescript(SCHEMA)
-            cols = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
-            for col, kind in (("metric", "TEXT"), ("score", "REAL")):  # stores made before these columns
-                if col not in cols:
-                    db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+        self._open()
+
+    def _open(self) -> None:
+        """Create the root and index, or a KdlabError saying why the store cannot be used."""
+        fix = "give --store (or $KDLAB_HOME) a writable directory"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise KdlabError(f"run store '{self.root}' is a file, not a directory; {fix}") from None
+        except NotADirectoryError:
+            raise KdlabError(f"run store '{self.root}' lies under a file, not a directory; {fix}") from None
+        except OSError as e:
+            raise KdlabError(f"cannot create run store '{self.root}': {e.strerror or e}; {fix}") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise KdlabError(f"run store '{self.root}' is not writable; {fix}")
+        try:
+            with self._db() as db:
+                db.executescript(SCHEMA)
+                cols = {r["name"] for r in db.execute("PRAGMA table_info(runs)")}
+                for col, kind in (("metric", "TEXT"), ("score", "REAL")):  # stores made before these columns
+                    if col not in cols:
+                        db.execute(f"ALTER TABLE runs ADD COLUMN {col} {kind}")
+        except sqlite3.Error as e:
+            raise KdlabError(f"cannot open the run index '{self.db_path}': {e}; {fix}") from None
 
     def _db(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, timeout=30)

@@ -31,3 +31,24 @@ def write_config(tmp_path: Path, cfg: dict | None = None, name: str = "exp.yaml"
 
 def cli(*args: str) -> int:
     return main([str(a) for a in args])
+
+
+def history(run_path, timeless: bool = False) -> list[dict]:
+    """A run's metrics.jsonl, one dict per epoch; `timeless` drops the wall-clock fields."""
+    rows = [json.loads(line) for line in Path(run_path, "metrics.jsonl").read_text().splitlines()]
+    if timeless:
+        rows = [{k: v for k, v in r.items() if k not in ("time", "train_time")} for r in rows]
+    return rows
+
+
+def checkpoint(run_path, name: str = "last") -> dict:
+    """A run's checkpoint, read as a user would: plain tensors and containers only."""
+    import torch
+
+    return torch.load(Path(run_path, "checkpoints", f"{name}.pt"), weights_only=True)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

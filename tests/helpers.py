@@ -47,3 +47,45 @@ def assert_clear(code, lines, err, *needles):
     assert 1 <= len(lines) <= 2, err
     for n in needles:
         assert n in err, f"{n!r} not in {err!r}"
+
+
+def history(run_path, timeless: bool = False) -> list[dict]:
+    """A run's metrics.jsonl, one dict per epoch; `timeless` drops the wall-clock fields."""
+    rows = [json.loads(line) for line in Path(run_path, "metrics.jsonl").read_text().splitlines()]
+    if timeless:
+        rows = [{k: v for k, v in r.items() if k not in ("time", "train_time")} for r in rows]
+    return rows
+
+
+def checkpoint(run_path, name: str = "last") -> dict:
+    """A run's checkpoint, read as a user would: plain tensors and containers only."""
+    import torch
+
+    return torch.load(Path(run_path, "checkpoints", f"{name}.pt"), weights_only=True)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def assert_pinned(actual: dict, pins: dict) -> None:
+    """Figures of a tiny seeded run, pinned after reading them once (torch 2.13, CPU, one
+    thread). Accuracies (keys with `top`: percentages of a fixed test set, pinned to 4
+    decimals) must match to the example, other figures to rel 1e-4: a change of the math
+    moves them further. The message shows the new figures (all of them where a pin is None);
+    re-pin only once the reason for the change is known."""
+    import math
+
+    got = {k: actual.get(k) for k in pins}
+
+    def close(key, a, b):
+        if a is None or b is None:  # missing, or not pinned yet
+            return False
+        if isinstance(b, str):
+            return a == b
+        return math.isclose(a, b, rel_tol=0, abs_tol=1e-3) if "top" in key else math.isclose(a, b, rel_tol=1e-4)
+
+    shown = {k: v for k, v in actual.items() if isinstance(v, (int, float))} if None in pins.values() else got
+    assert all(close(k, got[k], v) for k, v in pins.items()), f"pinned figures changed: got {shown}, pinned {pins}"

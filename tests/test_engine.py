@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, cli, write_config
+from helpers import TINY, checkpoint, cli, history, same_tensors, write_config
 from kdlab.config.schema import OptimizerSpec, ScheduleSpec, TrainSpec
 from kdlab.engine.checkpoint import read_checkpoint, save_atomic
 from kdlab.engine.optim import build_optimizer, lr_factor
@@ -69,13 +69,77 @@ def test_grad_clip_limits_updates(tmp_path):
     assert free > 100 * clipped
 
 
-def test_amp_flag_on_cpu_warns_and_trains_in_float32(tmp_path, store):
-    cfg = write_config(tmp_path, methods=[{"name": "ce"}], train={**TINY["train"], "epochs": 1, "amp": True})
-    with pytest.warns(UserWarning, match="CUDA"):
-        assert cli("run", cfg, "--store", store, "--quiet") == 0
+def _amp_run(tmp_path, name, *overrides, resume=False, stop=None):
+    """A 2-epoch CE run with grad clipping (so an un-unscaled gradient would be clipped wrongly)."""
+    cfg = write_config(tmp_path, name=f"{name}.yaml", methods=[{"name": "ce"}],
+                       train={**TINY["train"], "epochs": 2, "grad_clip": 1.0})
+    store = str(tmp_path / name)
+    args = ["run", cfg, "--store", store, "--quiet", *overrides]
+    args += ["--resume"] if resume else []
+    args += ["--stop-after-epoch", str(stop)] if stop else []
+    assert cli(*args) == 0
     (row,) = RunStore(store).rows()
-    ck = read_checkpoint(Path(row["path"]) / "checkpoints" / "last.pt")
-    assert all(v.dtype == torch.float32 for v in ck["model"].values() if v.is_floating_point())
+    return row
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback of train.amp")
+def test_amp_flag_on_cpu_warns_and_changes_nothing(tmp_path):
+    with pytest.warns(UserWarning, match="CUDA"):
+        amp = _amp_run(tmp_path, "amp", "train.amp=true", "train.amp_dtype=fp16")
+    fp32 = _amp_run(tmp_path, "fp32")
+    assert history(amp["path"], timeless=True) == history(fp32["path"], timeless=True)
+    assert same_tensors(checkpoint(amp["path"])["model"], checkpoint(fp32["path"])["model"])
+
+
+@pytest.fixture
+def force_scaler(monkeypatch):
+    """Makes the trainer take its fp16 GradScaler path on the CPU, in float32 (no autocast).
+    The one place these tests reach into the engine: `Trainer.scaler`, made in __init__."""
+    from kdlab.engine.trainer import Trainer
+
+    made: list = []
+    init = Trainer.__init__
+
+    def install(**scaler_args):
+        def with_scaler(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.scaler = torch.amp.GradScaler("cpu", **scaler_args)
+            made.append(self.scaler)
+
+        monkeypatch.setattr(Trainer, "__init__", with_scaler)
+        return made
+
+    return install
+
+
+STEPS_PER_EPOCH = math.ceil(1257 / 64)  # digits' training split, batch 64
+
+
+def test_grad_scaler_path_equals_float32(tmp_path, force_scaler):
+    """Scaling by a power of two and unscaling is exact, so the scaler path must give the
+    float32 run bit for bit; with grad_clip set, clipping before unscaling would not."""
+    fp32 = _amp_run(tmp_path, "fp32")
+    made = force_scaler(init_scale=2.0**16, growth_interval=1)
+    scaled = _amp_run(tmp_path, "scaled")
+    (scaler,) = made
+    assert scaler.get_scale() == 2.0 ** (16 + 2 * STEPS_PER_EPOCH)  # it ran every step, skipped none
+    assert history(scaled["path"], timeless=True) == history(fp32["path"], timeless=True)
+    assert same_tensors(checkpoint(scaled["path"])["model"], checkpoint(fp32["path"])["model"])
+
+
+def test_grad_scaler_state_survives_resume(tmp_path, force_scaler):
+    """With the loss weighted by 1e15 the scaled gradients overflow from a scale of about 2^79
+    (Adam's steps do not depend on the weight). Starting at 2^90 the scaler skips 12 steps and
+    backs off, then grows again every 4 steps and meets overflows again. A resumed run must continue
+    from the saved scale, not skip the first steps of its epoch again."""
+    made = force_scaler(init_scale=2.0**90, growth_interval=4)
+    heavy = "methods=[{name: ce, weight: 1.0e+15}]"
+    full = _amp_run(tmp_path, "full", heavy)
+    assert made[0].get_scale() < 2.0**80  # it met overflows and backed off
+    _amp_run(tmp_path, "part", heavy, stop=1)
+    part = _amp_run(tmp_path, "part", heavy, resume=True)
+    assert history(full["path"], timeless=True) == history(part["path"], timeless=True)
+    assert same_tensors(checkpoint(full["path"])["model"], checkpoint(part["path"])["model"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")

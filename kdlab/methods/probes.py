@@ -127,7 +127,12 @@ class Geometry(Method):
         # Plain list: the models must not become submodules of the method.
         self._ctx = [ctx]
         if not getattr(ctx.data, "superclass", None) and not ctx.teachers:
-            raise KdlabError("geometry: the data has no superclasses, so the score needs a teacher; add a `teacher:` section")
+            # A `teacher:` section alone is not enough: teachers are only built for runs with a
+            # method that learns from one (geometry itself does not).
+            raise KdlabError(
+                "geometry: the data has no superclasses, so the score needs a teacher's class similarities, "
+                "but this run has none: add a `teacher:` section and a method that uses it (e.g. kd)"
+            )
 
     def forward(self, batch, student, teachers):
         return {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdlab.cli.common import add_run_options, console
+from kdlab.cli.common import add_log_option, add_run_options, console, log_overrides
 from kdlab.config.load import load_config
 
 
@@ -15,6 +15,7 @@ def add_parsers(sub) -> None:
         "--stop-after-epoch", type=int, default=None, metavar="N",
         help="stop every run after epoch N (time-boxing); --resume continues",
     )
+    add_log_option(p)
     add_run_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -37,7 +38,7 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from kdlab.pipelines.runner import print_result, run_experiment
 
-    exp = load_config(args.config, args.overrides)
+    exp = load_config(args.config, [*args.overrides, *log_overrides(args)])
     result = run_experiment(
         exp, device=args.device, store=args.store, resume=args.resume,
         stop_after_epoch=args.stop_after_epoch, progress=not args.quiet,

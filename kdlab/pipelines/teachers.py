@@ -90,7 +90,8 @@ def train_or_reuse_teacher(
         grp=key,
         key=key,
         config={"teacher_of": exp.name, **spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {})},
+                "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {}),
+                "logging": exp.logging.model_dump(mode="json")},  # tracking (issue 14): teachers log too
         label=f"{role} {spec.model.name}",
     )
     # Distil from the best-on-validation weights, as the stored teacher would be.

@@ -19,6 +19,7 @@ from kdlab.engine.trainer import NonFiniteLoss, Trainer, TrainResult
 from kdlab.pipelines.building import arch_record, build_methods, build_model, method_context
 from kdlab.pipelines.context import RunContext
 from kdlab.tasks.base import Task
+from kdlab.tracking.base import attach_sinks  # tracking (issue 14)
 
 
 class RunStopped(Exception):
@@ -52,8 +53,9 @@ def open_run(ctx: RunContext, *, name: str, kind: str, grp: str, seed: int, conf
     if found is not None:
         ctx.store.set_status(found.id, "running")
         ctx.log(f"resuming {found.id} from its last checkpoint")
-        return found, str(found.ckpt("last"))
-    return ctx.store.create(name=name, kind=kind, grp=grp, seed=seed, config=config, key=key, variant=variant), None
+        return attach_sinks(found, config, kind), str(found.ckpt("last"))  # tracking (issue 14): + attach_sinks
+    run = ctx.store.create(name=name, kind=kind, grp=grp, seed=seed, config=config, key=key, variant=variant)
+    return attach_sinks(run, config, kind), None  # tracking (issue 14): + attach_sinks
 
 
 def train_stage(

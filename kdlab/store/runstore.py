@@ -4,6 +4,12 @@ Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
 
     index.sqlite
     <run id>/config.yaml  metrics.jsonl  summary.json  checkpoints/{last,best}.pt
+    <run id>/tb/          TensorBoard events (logging.backends: [tensorboard])
+    mlflow.db             MLflow runs (logging.backends: [mlflow])
+    tune/<study>.db       Optuna studies (`kdlab tune`)
+
+A run fans its records out to attached sinks (kdlab.tracking): the files here stay the
+source of truth, the sinks mirror them.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import re
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -55,6 +61,10 @@ class Run:
     id: str
     path: Path
     store: "RunStore"
+    sinks: list = field(default_factory=list)  # kdlab.tracking sinks, fed every record
+
+    def attach(self, sink) -> None:
+        self.sinks.append(sink)
 
     def ckpt(self, name: str) -> Path:
         return self.path / "checkpoints" / f"{name}.pt"
@@ -69,6 +79,8 @@ class Run:
     def log_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.log_metrics(record)
 
     def rewrite_metrics(self, history: list[dict]) -> None:
         _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
@@ -82,6 +94,9 @@ class Run:
         if summary is not None:
             _atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2))
         self.store.set_status(self.id, status, summary)
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.finish(status, summary)
 
 
 class RunStore:

@@ -69,7 +69,11 @@ def plot_params(study, plan: Plan, path: Path) -> Path:
         if rng.choices is not None:
             ax.set_xticks(range(len(rng.choices)), [str(c) for c in rng.choices])
         elif rng.log:
+            from matplotlib.ticker import NullFormatter, ScalarFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 2×10⁰, 3×10⁰ ... overlap
         ax.set_xlabel(name)
         ax.set_ylabel(plan.metric)
         ax.grid(alpha=0.3)

@@ -78,3 +78,5 @@ DATASETS = Registry("dataset", "kdlab.data")
 METHODS = Registry("method", "kdlab.methods")
 TASKS = Registry("task", "kdlab.tasks")
 PIPELINES = Registry("pipeline", "kdlab.pipelines")
+# Logging backends: an entry is `open_sink(run, config, spec)`, with `require` in its extras.
+TRACKERS = Registry("logging backend", "kdlab.tracking")

@@ -11,9 +11,9 @@ import kdlab
 LAYERS = {
     "__main__": 11,
     "cli": 10, "api": 10,
-    "pipelines": 9, "bench": 9,
+    "pipelines": 9, "bench": 9, "tune": 9,
     "stages": 8,
-    "report": 7,
+    "report": 7, "tracking": 7,
     "engine": 6,
     "methods": 5,
     "tasks": 4,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kdlab.cli.common import add_run_options, console, positive_int
+from kdlab.cli.common import add_log_option, add_run_options, console, log_overrides, positive_int
 from kdlab.config.load import load_config
 from kdlab.config.paths import check_inputs_exist
 
@@ -16,6 +16,7 @@ def add_parsers(sub) -> None:
         "--stop-after-epoch", type=positive_int, default=None, metavar="N",
         help="stop every run after epoch N (time-boxing); --resume continues",
     )
+    add_log_option(p)
     add_run_options(p)
     p.set_defaults(func=cmd_run)
 
@@ -40,7 +41,7 @@ def cmd_run(args) -> int:
     from kdlab.cli.results import print_result
     from kdlab.stages.runner import run_experiment
 
-    exp = load_config(args.config, args.overrides)
+    exp = load_config(args.config, [*args.overrides, *log_overrides(args)])
     check_inputs_exist(exp.model_dump(mode="json"), args.config)
     result = run_experiment(
         exp, device=args.device, store=args.store, resume=args.resume,

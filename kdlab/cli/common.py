@@ -45,6 +45,19 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", dest="sub_debug", action="store_true", help="show tracebacks for errors")
 
 
+def add_log_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log", default=None, metavar="BACKENDS",
+                   help="mirror every run to trackers, e.g. tensorboard,mlflow (sets logging.backends)")
+
+
+def log_overrides(args) -> list[str]:
+    """`--log a,b` is the override `logging.backends=[a,b]`, validated with the config."""
+    if not args.log:
+        return []
+    names = [n.strip() for n in args.log.split(",") if n.strip()]
+    return [f"logging.backends=[{','.join(names)}]"]
+
+
 def main_print(*objs) -> None:
     """Print on the main DDP rank only."""
     if D.current().main:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from kdlab.config.numbers import Float, Int, refuse_bools
 from kdlab.config.signature import validate_params
+from kdlab.config.tuning import LoggingSpec, TuneSpec, check_paths
 from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS, METHODS, MODELS, PIPELINES
 
@@ -191,6 +192,8 @@ class Experiment(Strict):
     variants: dict[str, list[MethodSpec]] = Field(default_factory=dict)
     train: TrainSpec = Field(default_factory=TrainSpec)
     pipeline: Optional[PipelineSpec] = None
+    logging: LoggingSpec = Field(default_factory=LoggingSpec)
+    tune: Optional[TuneSpec] = None  # read by `kdlab tune`; `kdlab run` ignores it
 
     @field_validator("seeds")
     @classmethod
@@ -204,6 +207,14 @@ class Experiment(Strict):
     @classmethod
     def _device(cls, v: str) -> str:
         return check_device(v)
+
+    @field_validator("tune")
+    @classmethod
+    def _tune_paths(cls, v: Optional[TuneSpec], info) -> Optional[TuneSpec]:
+        # `tune` is the last field: the others are validated (or failed, and are reported).
+        if v is not None and set(cls.model_fields) - {"tune"} <= set(info.data):
+            check_paths(cls.model_construct(**info.data).model_dump(mode="json", exclude={"tune"}), v)
+        return v
 
     @model_validator(mode="after")
     def _check(self):
@@ -232,7 +243,7 @@ class Experiment(Strict):
 
     def group_hash(self, methods: list[MethodSpec] | None = None) -> str:
         """Identifies runs of the same config (seeds and device excluded), for mean ± std."""
-        d = self.model_dump(mode="json", exclude={"seeds", "device", "variants"})
+        d = self.model_dump(mode="json", exclude={"seeds", "device", "variants", "logging", "tune"})
         if methods is not None:
             d["methods"] = [m.model_dump(mode="json") for m in methods]
         return stable_hash(d)

@@ -23,6 +23,7 @@ from kdlab.stages.building import build_methods, method_context
 from kdlab.stages.context import RunContext
 from kdlab.store.runstore import Run
 from kdlab.tasks.base import Task
+from kdlab.tracking.base import attach_sinks
 
 
 class RunStopped(Exception):
@@ -147,10 +148,10 @@ def _open_run(ctx: RunContext, stage: Stage) -> tuple[Optional[Run], Optional[st
             store.set_status(found.id, "running")
             last = found.ckpt("last")
             ctx.log(f"resuming {found.id} " + ("from its last checkpoint" if last.exists() else "from the start"))
-            return found, (str(last) if last.exists() else None), False
+            return attach_sinks(found, stage.config, stage.kind), (str(last) if last.exists() else None), False
     run = store.create(name=stage.name, kind=stage.kind, grp=grp, seed=stage.seed, config=stage.config,
                        key=stage.key, variant=stage.variant, metric=stage.task.primary_metric)
-    return run, None, False
+    return attach_sinks(run, stage.config, stage.kind), None, False
 
 
 def run_stage(ctx: RunContext, stage: Stage) -> StageResult:

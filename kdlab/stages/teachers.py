@@ -83,7 +83,8 @@ def train_or_reuse_teacher(
             name=name, kind="teacher", model=spec.model, methods=teacher_methods(spec, task), seed=seed, data=data,
             task=task, data_spec=data_spec, train=train, key=key, label=f"{role} {spec.model.name}",
             config={"teacher_of": exp.name, **spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
-                    "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {})},
+                    "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {}),
+                    "logging": exp.logging.model_dump(mode="json")},  # teachers log too
         ))
     # Distil from the best-on-validation weights, as the stored teacher would be.
     if stage.run_path is not None:

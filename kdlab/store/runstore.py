@@ -5,10 +5,16 @@ Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
     index.sqlite
     locks/<key>.lock        held while a reusable artefact (a teacher) is being made
     <run id>/config.yaml  metrics.jsonl  summary.json  checkpoints/{last,best}.pt  .lock
+    <run id>/tb/            TensorBoard events (logging.backends: [tensorboard])
+    mlflow.db               MLflow runs (logging.backends: [mlflow])
+    tune/<study>.db         Optuna studies (`kdlab tune`)
 
 A run's `.lock` is held (flock) by the process training it, and the operating system lets go
 of it when that process ends, however it ends: a `running` row whose lock is free belongs to
 a process that was killed, so the run is shown, and resumed, as interrupted.
+
+A run fans its records out to attached sinks (kdlab.tracking): the files here stay the
+source of truth, the sinks mirror them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import re
 import sqlite3
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,7 +87,11 @@ class Run:
     id: str
     path: Path
     store: "RunStore"
-    _fd: Optional[int] = None
+    sinks: list = field(default_factory=list)  # kdlab.tracking sinks, fed every record
+    _fd: Optional[int] = None  # the held `.lock` of a run this process trains
+
+    def attach(self, sink) -> None:
+        self.sinks.append(sink)
 
     def hold(self) -> None:
         """Mark the run as alive for as long as this process trains it."""
@@ -107,6 +117,14 @@ class Run:
     def log_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.log_metrics(record)
+
+    def metrics(self) -> list[dict]:
+        """The epochs recorded so far (a resumed run's earlier ones included)."""
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(l) for l in self.metrics_path.read_text().splitlines() if l.strip()]
 
     def rewrite_metrics(self, history: list[dict]) -> None:
         _atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in history))
@@ -116,6 +134,9 @@ class Run:
             _atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=2))
         self.store.set_status(self.id, status, summary, metric_value)
         self.release()
+        sinks, self.sinks = self.sinks, []
+        for sink in sinks:
+            sink.finish(status, summary)
 
 
 class RunStore:

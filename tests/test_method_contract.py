@@ -64,6 +64,8 @@ SETUPS: dict[str, dict] = {
     "rank_gcn": {"data": RECSYS, "student": {"name": "lightgcn", "params": {"dim": 4}},
                  "teacher": teacher({"name": "bpr_mf", "params": {"dim": 16}}, [{"name": "bpr"}])},
     "lm": {"data": LM, "student": {"name": "lstm_lm", "params": {"emb_dim": 8, "hidden": 8, "dropout": 0.0}}},
+    "lm_kd": {"data": LM, "student": {"name": "lstm_lm", "params": {"emb_dim": 8, "hidden": 8, "dropout": 0.0}},
+              "teacher": teacher({"name": "lstm_lm", "params": {"emb_dim": 16, "hidden": 16, "dropout": 0.0}})},
 }
 # The supervised loss of each setup's task: the reference run's method.
 SUPERVISED = {"rank": "bpr", "rank_gcn": "bpr"}
@@ -120,6 +122,10 @@ CASES: dict[str, Case] = {
     "tf_kd_reg": Case("mlp_self", {"name": "tf_kd_reg"}, ("tf_kd_ce", "tf_kd_reg")),
     "tf_kd_self": Case("mlp_copy", {"name": "tf_kd_self"}, ("tf_kd_ce", "tf_kd_self")),
     "skd_nlp": Case("lm", {"name": "skd_nlp", "k": 3, "tau": 0.2}, ("skd_ce", "skd")),
+    # token-level divergences of language-model distillation
+    **{m: Case("lm_kd", {"name": m, **extra}, (m,)) for m, extra in {
+        "fkl": {}, "rkl": {}, "jsd": {"beta": 0.5}, "skew_fkl": {"alpha": 0.1}, "skew_rkl": {"alpha": 0.1},
+        "tvd": {}, "akl": {}}.items()},
     # subclass distillation
     "subclass_aux": Case("subclass", {"name": "subclass_aux"}, ("subclass_aux",)),
     "subclass_kd": Case("subclass", {"name": "subclass_kd"}, ("subclass_kd", "subclass_ce")),

@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 
+from kdlab.bench.peak_memory import run_case, start_window, window_peak
 from kdlab.bench.step_overhead import BenchSetup, _data, _models
 from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from kdlab.errors import KdlabError
@@ -65,13 +64,6 @@ class CostSetup(BenchSetup):
     methods: list[str] = field(default_factory=lambda: list(ZOO))
 
 
-def _rss_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KdlabError(f"/proc/self/status has no {key}; the CPU memory measurement needs Linux")
-
-
 def measure_one(s: CostSetup, method: str) -> dict:
     """Train one method (in this process) and return its step time and memory figures."""
     from kdlab.engine.trainer import Trainer, TrainSetup
@@ -89,30 +81,15 @@ def measure_one(s: CostSetup, method: str) -> dict:
     train = TrainSpec(epochs=2, optimizer=OptimizerSpec(name="sgd", lr=0.01), schedule=ScheduleSpec(name="constant"))
     trainer = Trainer(TrainSetup(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task,
                                  train=train, batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_kb("VmRSS") * 1024
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = start_window(device)
     res = trainer.fit()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _rss_kb("VmHWM") * 1024
+    peak = window_peak(device)
     return {"method": method, "step_s": res.history[-1]["train_time"] / s.steps, "peak_bytes": peak,
             "extra_bytes": peak - base}
 
 
 def _child(s: CostSetup, method: str) -> dict:
-    cmd = [sys.executable, "-m", "kdlab.bench.method_cost", json.dumps(asdict(s)), method]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if out.returncode != 0:
-        raise KdlabError(f"method '{method}' failed in the benchmark:\n{out.stderr.strip()[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_case("kdlab.bench.method_cost", [json.dumps(asdict(s)), method], f"method '{method}'")
 
 
 def run(s: CostSetup | None = None, log=print) -> list[dict]:

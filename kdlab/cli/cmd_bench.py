@@ -1,4 +1,4 @@
-"""`kdlab bench [step|methods]`: speed benchmarks, reported as ratios measured in one run."""
+"""`kdlab bench [step|methods|lm-loss]`: speed and memory benchmarks, reported as ratios measured in one run."""
 
 from __future__ import annotations
 
@@ -7,22 +7,30 @@ from kdlab.report.tables import rich_table
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("bench", help="benchmarks: engine step overhead (step), per-method cost (methods)")
-    p.add_argument("what", nargs="?", default="step", choices=["step", "methods"])
+    p = sub.add_parser("bench", help="benchmarks: engine step overhead (step), per-method cost (methods), "
+                                     "chunked vs naive LM divergence (lm-loss)")
+    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss"])
     # Defaults depend on the benchmark: step resnet32->resnet8, 20 steps x 3; methods resnet20->resnet8, 10 x 2.
     p.add_argument("--teacher", default=None)
     p.add_argument("--student", default=None)
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default 64; lm-loss: 4 sequences")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--repeats", type=positive_int, default=None)
     p.add_argument("--methods", default=None, help="methods: comma-separated names (default: the whole zoo)")
-    p.add_argument("--device", default="cpu", help="methods: cpu or cuda[:N]")
+    p.add_argument("--device", default="cpu", help="methods, lm-loss: cpu or cuda[:N]")
+    p.add_argument("--vocab", type=int, default=32000, help="lm-loss: vocabulary size")
+    p.add_argument("--tokens", type=int, default=512, help="lm-loss: tokens per sequence")
+    p.add_argument("--chunk-tokens", type=int, default=None, help="lm-loss: tokens per chunk (default: automatic)")
+    p.add_argument("--divergences", default=None, help="lm-loss: comma-separated (default: all seven)")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args) -> int:
     if args.what == "methods":
         return cmd_bench_methods(args)
+    if args.what == "lm-loss":
+        return cmd_bench_lm_loss(args)
+    args.batch_size = args.batch_size or 64
     args.teacher, args.student = args.teacher or "resnet32", args.student or "resnet8"
     args.steps, args.repeats = args.steps or 20, args.repeats or 3
     from kdlab.bench.step_overhead import BenchSetup, run
@@ -43,18 +51,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_bench_methods(args) -> int:
+def check_device(device: str) -> None:
     import torch
 
+    from kdlab.errors import KdlabError
+
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise KdlabError(f"--device must be cpu or cuda[:N] (got {device!r})")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise KdlabError("--device cuda: no CUDA device is visible; use --device cpu")
+
+
+def cmd_bench_methods(args) -> int:
     from kdlab.bench.method_cost import ZOO, CostSetup, run
     from kdlab.errors import KdlabError
 
-    if not (args.device == "cpu" or args.device.startswith("cuda")):
-        raise KdlabError(f"--device must be cpu or cuda[:N] (got {args.device!r})")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise KdlabError("--device cuda: no CUDA device is visible; use --device cpu")
+    check_device(args.device)
     d = CostSetup()
-    s = CostSetup(teacher=args.teacher or d.teacher, student=args.student or d.student, batch_size=args.batch_size,
+    s = CostSetup(teacher=args.teacher or d.teacher, student=args.student or d.student, batch_size=args.batch_size or 64,
                   steps=args.steps or d.steps, repeats=args.repeats or d.repeats, device=args.device,
                   methods=[m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(ZOO))
     unknown = [m for m in s.methods if m not in ZOO]
@@ -71,4 +85,33 @@ def cmd_bench_methods(args) -> int:
               f"{r['extra_bytes'] / mib:.0f}", f"{r['extra_ratio']:.2f}"] for r in rows]
     console.print(rich_table(["method", "step ms", "time ÷ CE", "peak MiB", "extra MiB", "extra ÷ CE"], table,
                              title="per-method cost"))
+    return 0
+
+
+def cmd_bench_lm_loss(args) -> int:
+    from kdlab.bench.lm_loss import DIVERGENCES, LossBenchSetup, check_divergences, resolved_chunk, run
+    from kdlab.errors import KdlabError
+
+    check_device(args.device)
+    for flag, v in (("--vocab", args.vocab), ("--tokens", args.tokens), ("--batch-size", args.batch_size),
+                    ("--chunk-tokens", args.chunk_tokens), ("--repeats", args.repeats)):
+        if v is not None and v < 1:
+            raise KdlabError(f"{flag} must be at least 1 (got {v})")
+    names = [d.strip() for d in args.divergences.split(",") if d.strip()] if args.divergences else list(DIVERGENCES)
+    check_divergences(names)
+    s = LossBenchSetup(batch=args.batch_size or 4, tokens=args.tokens, vocab=args.vocab, chunk_tokens=args.chunk_tokens,
+                       repeats=args.repeats or 3, device=args.device, divergences=names)
+    mib = 2**20
+    logits = s.batch * s.tokens * s.vocab * 4 / mib
+    mem = "CUDA max_memory_allocated" if s.device != "cpu" else "peak RSS (VmHWM)"
+    console.print(f"LM divergence, forward + backward: {s.batch} x {s.tokens} tokens, vocabulary {s.vocab} "
+                  f"({logits:.0f} MiB of float32 logits per model), chunk {resolved_chunk(s)} tokens, "
+                  f"{s.repeats} repeats, {s.device}, threads {__import__('os').environ.get('OMP_NUM_THREADS', '1')}; "
+                  f"memory = {mem} above the logits")
+    rows = run(s, log=console.print)
+    table = [[r["divergence"], f"{r['naive_s'] * 1e3:.0f}", f"{r['chunked_s'] * 1e3:.0f}", f"{r['time_ratio']:.2f}",
+              f"{r['naive_bytes'] / mib:.0f}", f"{r['chunked_bytes'] / mib:.0f}", f"{r['memory_ratio']:.2f}"]
+             for r in rows]
+    console.print(rich_table(["divergence", "naive ms", "chunked ms", "time ÷ naive", "naive extra MiB",
+                              "chunked extra MiB", "memory ÷ naive"], table, title="chunked vs naive"))
     return 0

@@ -3,6 +3,7 @@ otherwise everything here is a no-op and the run is single-process."""
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -86,6 +87,9 @@ def _collective_device(t: torch.Tensor) -> torch.device:
 def shutdown() -> None:
     global _ENV
     if dist.is_initialized():
+        # DDP reducers still referencing the group (a trainer and its curriculum refer to each
+        # other, so only the collector frees them) must go before the group is destroyed.
+        gc.collect()
         # Leave together: a rank that tears gloo down while another still talks to it aborts.
         try:
             dist.barrier()

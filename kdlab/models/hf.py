@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from kdlab.config.schema import HFSpec
-from kdlab.errors import KdlabError
+from kdlab.errors import KdlabError, suggest
 from kdlab.models.weights import hf_weight_files
 
 HEADS = {
@@ -52,8 +52,15 @@ def build_hf(spec: HFSpec, num_classes: Optional[int], task: Optional[str]) -> n
         key = _size_key(task)
         if key is not None and num_classes is not None and key not in fields and not ("id2label" in fields and key == "num_labels"):
             fields[key] = num_classes
+        known = list(tf.CONFIG_MAPPING.keys())
+        if spec.config["model_type"] not in known:
+            raise KdlabError(f"hf.config: transformers {tf.__version__} has no model_type "
+                             f"'{spec.config['model_type']}'.{suggest(spec.config['model_type'], known)}")
         config = _call(where, lambda: tf.AutoConfig.for_model(spec.config["model_type"], **fields))
     head = _head(tf, spec.kind, config, where)
+    if spec.kind != "auto" and type(config) not in head._model_mapping:  # e.g. BERT has no image head
+        raise KdlabError(f"{where}: transformers has no {spec.kind} head for model_type {config.model_type}; "
+                         f"choose another hf.kind ({', '.join(HEADS)}) or auto")
     _check_size(config, spec.kind, num_classes, task, where)
     if spec.path is not None:
         return _call(where, lambda: head.from_pretrained(str(folder), config=config, local_files_only=True,

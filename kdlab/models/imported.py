@@ -27,7 +27,7 @@ def build_imported(target: str, params: dict[str, Any], offered: dict[str, Any])
         shown = ", ".join(f"{k}={v!r}" for k, v in {**kwargs, **params}.items()) or "no arguments"
         raise KdlabError(f"'{target}' failed when called with {shown}: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
-        raise KdlabError(f"'{target}' returned a {type(model).__name__}, not a torch nn.Module; point import at a "
+        raise KdlabError(f"'{target}' returned an object of type {type(model).__name__}, not a torch nn.Module; point import at a "
                          "callable (a class or function) that builds the model")
     return model
 

@@ -5,6 +5,7 @@ Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
     index.sqlite
     locks/<key>.lock        held while a reusable artefact (a teacher) is being made
     <run id>/config.yaml  metrics.jsonl  summary.json  checkpoints/{last,best}.pt  .lock
+             model.safetensors (the finished model)  hf/ (the same, for a Hugging Face model)
 
 A run's `.lock` is held (flock) by the process training it, and the operating system lets go
 of it when that process ends, however it ends: a `running` row whose lock is free belongs to

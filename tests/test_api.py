@@ -89,3 +89,11 @@ def test_bad_calls(digits, teacher):
     x, y = digits[0]
     with pytest.raises(KdlabError, match="gives 5 logits per sample but the data has 10 classes"):
         api.distill(None, nn.Sequential(nn.Flatten(), nn.Linear(64, 5)), (x, y), methods="ce", **FAST)
+
+
+def test_readme_example_runs():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    code = text.split("## From Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    assert scope["result"].history[-1]["train_kd"] > 0 and len(scope["result"].history) == 20

@@ -258,3 +258,24 @@ def test_class_count_mismatches(files, capsys, monkeypatch):
                        data={"name": "digits", "batch_size": 64})
     assert_clear(*run_bad(capsys, "run", cfg, "--store", files / "bad_store"), "student (torch.nn:Linear)",
                  "gives 4 logits per sample but the data has 10 classes")
+
+
+def test_logits_found_in_what_models_return():
+    from transformers.modeling_outputs import SequenceClassifierOutput
+
+    from kdlab.errors import KdlabError
+    from kdlab.knowledge.adapters import logits_of
+    from kdlab.knowledge.instruments import predict_logits
+
+    z = torch.randn(4, 3)
+    for out in (z, SequenceClassifierOutput(logits=z), {"hidden": z + 1, "logits": z}, (z, z + 1)):
+        assert logits_of(out) is z
+    with pytest.raises(KdlabError, match="returned a dict with keys hidden, not logits"):
+        logits_of({"hidden": z})
+
+    class DictNet(torch.nn.Module):
+        def forward(self, x):
+            return {"logits": 2 * x}
+
+    x = torch.randn(5, 3)
+    assert torch.equal(predict_logits(DictNet(), x), 2 * x)  # the diagnosis instruments too

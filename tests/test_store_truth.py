@@ -53,7 +53,8 @@ def test_a_killed_run_is_interrupted_and_resume_continues_it(tmp_path, store, ca
     if when == "before its first checkpoint":
         _wait_for(lambda: db_rows())
     else:
-        _wait_for(lambda: db_rows() and len(history(db_rows()[0]["path"])) >= 2)
+        _wait_for(lambda: db_rows() and Path(db_rows()[0]["path"], "checkpoints", "last.pt").exists()
+                  and len(history(db_rows()[0]["path"])) >= 2)
     proc.send_signal(signal.SIGKILL)  # no handler runs: only the OS knows the process ended
     proc.wait()
     (row,) = _rows(store)
@@ -108,7 +109,6 @@ def test_two_processes_needing_the_same_teacher_train_it_once(tmp_path, store):
     rows = _rows(store)
     assert sum(r["kind"] == "teacher" for r in rows) == 1
     assert sum(r["kind"] == "student" for r in rows) == 2  # both students trained, from the one teacher
-    assert any("reusing" in o + e for o, e in outs)
 
 
 def test_runs_show_each_run_primary_metric(tmp_path, store, capsys):

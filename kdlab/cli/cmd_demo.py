@@ -28,7 +28,7 @@ def cmd_demo(args) -> int:
     path = demo_config_path()
     exp = validate(with_overrides(read_config(path), args.overrides), "demo config")
     main_print(
-        f"kdlab demo: teacher {exp.teacher.model.name} -> student {exp.student.name} on '{exp.data.name}', "
+        f"kdlab demo: teacher {exp.teacher.model.source} -> student {exp.student.source} on '{exp.data.name}', "
         f"{exp.train.epochs} epochs, seeds {exp.seeds} (config: {path})"
     )
     res = run_experiment(exp, device=args.device, store=args.store, progress=not args.quiet)

@@ -45,7 +45,7 @@ def cmd_diagnose(args) -> int:
         raw["pipeline"]["report_dir"] = os.path.abspath(args.out)
     exp = validate(raw, path)
     check_inputs_exist(exp.model_dump(mode="json"), path)
-    main_print(f"kdlab diagnose: teacher {exp.teacher.model.name if exp.teacher else '?'} -> student {exp.student.name} "
+    main_print(f"kdlab diagnose: teacher {exp.teacher.model.source if exp.teacher else '?'} -> student {exp.student.source} "
                f"on '{exp.data.name}', {exp.train.epochs} epochs × {len(exp.seeds)} seeds × 6 rungs (config: {path})")
     res = run_experiment(exp, device=args.device, store=args.store, progress=not args.quiet)
     main_print(res.render())

@@ -29,10 +29,10 @@ def add_parsers(sub) -> None:
 def cmd_validate(args) -> int:
     exp = load_config(args.config, args.overrides)
     check_inputs_exist(exp.model_dump(mode="json"), args.config)
-    teachers = ", ".join(t.model.name for t in exp.all_teachers()) or "none"
+    teachers = ", ".join(t.model.source for t in exp.all_teachers()) or "none"
     sets = exp.method_sets()
     methods = "; ".join(f"{k}: " + " + ".join(f"{m.weight:g}·{m.name}" for m in v) for k, v in sets.items())
-    console.print(f"[green]ok[/green] {args.config}: data {exp.data.name}, teacher {teachers}, student {exp.student.name}, "
+    console.print(f"[green]ok[/green] {args.config}: data {exp.data.name}, teacher {teachers}, student {exp.student.source}, "
                   f"{exp.train.epochs} epochs × {len(exp.seeds)} seed(s); methods {methods}")
     return 0
 

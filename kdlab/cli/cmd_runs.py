@@ -43,7 +43,7 @@ def cmd_runs(args) -> int:
     # The id starts with its creation time; `kdlab compare` takes unique id prefixes.
     table.add_column("id", overflow="fold", ratio=3)
     for col in ("kind", "seed", "status", "epochs", "metric", "test (last epoch)", "test (best-val epoch)"):
-        table.add_column(col, ratio=1)
+        table.add_column(col, ratio=1, no_wrap=col == "status")
     for r in rows:
         s, metric = r["summary"], r["metric"] or ""  # the task's primary metric, stored with the run
         table.add_row(

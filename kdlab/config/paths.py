@@ -16,8 +16,8 @@ def _is_path_key(key: str) -> bool:
 
 def _path_fields(raw: dict[str, Any]) -> Iterator[tuple[str, dict, str, str]]:
     """(location, holder, key, kind) for every path field: data params named `path` or `*_path`
-    (inputs: a file or folder), teachers' `checkpoint` (input: a file), pipeline `*_path` and
-    `*_dir` (outputs)."""
+    (inputs: a file or folder), teachers' `checkpoint` and models' `weights` (a file or a Hugging
+    Face folder), models' `hf.path` (a folder), pipeline `*_path` and `*_dir` (outputs)."""
 
     def data(loc: str, spec: Any):
         params = spec.get("params") if isinstance(spec, dict) else None
@@ -26,14 +26,24 @@ def _path_fields(raw: dict[str, Any]) -> Iterator[tuple[str, dict, str, str]]:
                 if _is_path_key(k):
                     yield f"{loc}.params.{k}", params, k, "input"
 
+    def model(loc: str, spec: Any):
+        if isinstance(spec, dict):
+            if "weights" in spec:
+                yield f"{loc}.weights", spec, "weights", "weights"
+            hf = spec.get("hf")
+            if isinstance(hf, dict) and "path" in hf:
+                yield f"{loc}.hf.path", hf, "path", "folder"
+
     yield from data("data", raw.get("data"))
+    yield from model("student", raw.get("student"))
     teachers = [("teacher", raw.get("teacher"))]
     if isinstance(raw.get("teachers"), list):
         teachers += [(f"teachers.{i}", t) for i, t in enumerate(raw["teachers"])]
     for loc, t in teachers:
         if isinstance(t, dict):
             if "checkpoint" in t:
-                yield f"{loc}.checkpoint", t, "checkpoint", "file"
+                yield f"{loc}.checkpoint", t, "checkpoint", "weights"
+            yield from model(f"{loc}.model", t.get("model"))
             yield from data(f"{loc}.data", t.get("data"))
     pipeline = raw.get("pipeline")
     if isinstance(pipeline, dict):
@@ -62,5 +72,10 @@ def check_inputs_exist(raw: dict[str, Any], source: str) -> None:
                 f"{source}: {loc} '{value}' does not exist (relative paths in a config are read from "
                 "the config file's folder; on the command line, from the current folder)"
             )
-        if kind == "file" and not Path(value).is_file():
-            raise KdlabError(f"{source}: {loc} '{value}' is a folder; give the checkpoint file")
+        p = Path(value)
+        if kind == "weights" and p.is_dir() and not (p / "config.json").is_file():
+            raise KdlabError(f"{source}: {loc} '{value}' is a folder without a Hugging Face config.json; give the "
+                             "checkpoint or .safetensors file, or a folder saved by save_pretrained")
+        if kind == "folder" and not p.is_dir():
+            raise KdlabError(f"{source}: {loc} '{value}' is a file; give the Hugging Face model's folder "
+                             "(config.json and .safetensors weights)")

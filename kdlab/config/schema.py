@@ -7,8 +7,9 @@ import json
 import re
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
+from kdlab.config.imports import accepted_kwargs, resolve_callable
 from kdlab.config.numbers import Float, Int, refuse_bools
 from kdlab.config.signature import validate_params
 from kdlab.config.tuning import LoggingSpec, TuneSpec, check_paths
@@ -37,17 +38,76 @@ def _lookup(registry, name: str):
         raise ValueError(str(e)) from None
 
 
-class ModelSpec(Strict):
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-    # Only for a model trained on another label set than the data's (rare): checked against the student.
-    num_classes: Optional[Int] = Field(None, ge=1)
+HF_KINDS = ("auto", "causal_lm", "masked_lm", "sequence_classification", "token_classification",
+            "image_classification")
+
+
+class HFSpec(Strict):
+    """A Hugging Face transformers model: loaded from a local folder (`path`: config.json and
+    .safetensors weights, never downloaded) or built randomly initialised from `config` (a dict
+    with `model_type` and the config's fields). `kind` picks the head; `auto` takes the
+    config's `architectures`."""
+
+    path: Optional[str] = None
+    config: Optional[dict[str, Any]] = None
+    kind: Literal[HF_KINDS] = "auto"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _check(self):
-        entry = _lookup(MODELS, self.name)
-        self.params = validate_params(entry.obj, self.params, f"model '{self.name}'")
+        if (self.path is None) == (self.config is None):
+            raise ValueError("give hf.path (a local model folder) or hf.config (a dict with model_type), exactly one")
+        if self.config is not None and not isinstance(self.config.get("model_type"), str):
+            raise ValueError("hf.config needs a model_type (e.g. bert, gpt2, vit) beside the config's fields")
         return self
+
+
+class ModelSpec(Strict):
+    """One source of the model, exactly one of: `name` (kdlab's zoo, `params` its arguments),
+    `import` ('package.module:callable' returning an nn.Module, `params` its arguments) or
+    `hf` (a Hugging Face transformers model)."""
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
+    name: Optional[str] = None
+    import_: Optional[str] = Field(None, alias="import")
+    hf: Optional[HFSpec] = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Only for a model trained on another label set than the data's (rare): checked against the student.
+    num_classes: Optional[Int] = Field(None, ge=1)
+    # Initial weights: a .safetensors file, a kdlab checkpoint or state dict, or a Hugging Face folder.
+    weights: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _check(self):
+        given = [k for k, v in (("name", self.name), ("import", self.import_), ("hf", self.hf)) if v is not None]
+        if len(given) != 1:
+            raise ValueError("a model section needs exactly one source: name (kdlab's zoo), import "
+                             f"('package.module:callable') or hf (a Hugging Face model); got {', '.join(given) or 'none'}")
+        if self.name is not None:
+            entry = _lookup(MODELS, self.name)
+            self.params = validate_params(entry.obj, self.params, f"model '{self.name}'")
+        elif self.import_ is not None:
+            fn = resolve_callable(self.import_)
+            if not accepted_kwargs(fn)[1]:  # a signature without **kwargs: check the keys now
+                self.params = validate_params(fn, self.params, f"model '{self.import_}'")
+        elif self.params:
+            raise ValueError("an hf model takes its settings in hf.config (or its folder's config.json), not params")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Unset sources and weights are left out, so a zoo model's record (and the hashes that
+        # group runs and find stored teachers) reads as it did before they existed.
+        out = handler(self)
+        return {k: v for k, v in out.items() if v is not None or k not in ("name", "import", "import_", "hf", "weights")}
+
+    @property
+    def source(self) -> str:
+        """How the model is named in messages and tables."""
+        if self.name is not None:
+            return self.name
+        if self.import_ is not None:
+            return self.import_
+        return self.hf.path or f"hf {self.hf.config['model_type']}"
 
 
 class DataSpec(Strict):
@@ -224,16 +284,16 @@ class Experiment(Strict):
             s, n = self.student.num_classes, t.model.num_classes
             if n is not None and s is not None and n != s or (n is None) != (s is None):
                 raise ValueError(
-                    f"teacher {i} ({t.model.name}) predicts {n or 'the data’s'} classes but the student "
+                    f"teacher {i} ({t.model.source}) predicts {n or 'the data’s'} classes but the student "
                     f"predicts {s or 'the data’s'}: teacher and student must share the label set"
                 )
-        needing = [m.name for ms in self.method_sets().values() for m in ms if _needs_teacher(m)]
+        needing = [m.name for ms in self.method_sets().values() for m in ms if needs_teacher(m)]
         if needing and not self.all_teachers():
             raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
         return self
 
     def uses_teacher(self) -> bool:
-        return any(_needs_teacher(m) for ms in self.method_sets().values() for m in ms)
+        return any(needs_teacher(m) for ms in self.method_sets().values() for m in ms)
 
     def all_teachers(self) -> list[TeacherSpec]:
         return [self.teacher] if self.teacher is not None else list(self.teachers)
@@ -249,7 +309,7 @@ class Experiment(Strict):
         return stable_hash(d)
 
 
-def _needs_teacher(m: MethodSpec) -> bool:
+def needs_teacher(m: MethodSpec) -> bool:
     cls = METHODS.get(m.name).obj
     return bool(getattr(cls, "uses_teacher", True))
 

@@ -67,11 +67,16 @@ def _labels(y: np.ndarray, name: str, path: str) -> np.ndarray:
     return out
 
 
-def _inputs(x: np.ndarray, name: str, path: str) -> np.ndarray:
+def _inputs(x: np.ndarray, name: str, path: str, tokens: bool = False) -> np.ndarray:
     if x.ndim < 2:
         raise KdlabError(
             f"array '{name}' in '{path}' has shape {x.shape}; inputs must be (N, features...)"
         )
+    if tokens:  # token ids for a text model (e.g. a Hugging Face classifier's input_ids)
+        if not np.issubdtype(x.dtype, np.integer) or (x.size and x.min() < 0):
+            raise KdlabError(f"array '{name}' in '{path}' (tokens: true) must hold non-negative integer token ids"
+                             f" (got dtype {x.dtype}); drop tokens: true for numeric features")
+        return x.astype(np.int64)
     if x.dtype == np.uint8:
         return x  # kept as uint8 in memory, scaled to [0, 1] by `prepare`
     numeric = np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)
@@ -139,12 +144,14 @@ def build_npz(
     test_fraction: float = 0.2,
     standardize: bool = True,
     num_classes: Optional[int] = None,
+    tokens: bool = False,
 ) -> DataBundle:
     """Without x_test/y_test: seeded, stratified train/val/test split of x, y. With them: they
     are the test split and val is carved from x, y (val_fraction=0: val is the test split).
     uint8 inputs stay uint8 in memory and are scaled to [0, 1] per batch; others are float32,
     standardised per feature with the training split's mean and std (standardize=False: as
-    stored). Labels are 0..C-1, C = max label + 1 unless num_classes declares it."""
+    stored). Labels are 0..C-1, C = max label + 1 unless num_classes declares it. tokens=True:
+    x holds integer token ids (N, T), kept as int64 and never standardised."""
     check_fractions(val_fraction, test_fraction)
     arrays = _load_npz(path)
     missing = [k for k in ("x", "y") if k not in arrays]
@@ -154,7 +161,7 @@ def build_npz(
             f" {', '.join(sorted(arrays)) or 'nothing'}); save it with"
             " numpy.savez(path, x=..., y=...)"
         )
-    x, y = _inputs(arrays["x"], "x", path), _labels(arrays["y"], "y", path)
+    x, y = _inputs(arrays["x"], "x", path, tokens), _labels(arrays["y"], "y", path)
     if len(x) != len(y):
         raise KdlabError(f"'{path}': x has {len(x)} rows but y has {len(y)}; they must match")
     if len(y) == 0:
@@ -164,7 +171,7 @@ def build_npz(
     if has_test:
         if "x_test" not in arrays or "y_test" not in arrays:
             raise KdlabError(f"'{path}' has only one of x_test, y_test; give both or neither")
-        x_test = _inputs(arrays["x_test"], "x_test", path)
+        x_test = _inputs(arrays["x_test"], "x_test", path, tokens)
         y_test = _labels(arrays["y_test"], "y_test", path)
         if len(x_test) != len(y_test):
             raise KdlabError(
@@ -187,7 +194,7 @@ def build_npz(
     else:
         classes = class_count([y], path, num_classes)
         train, val, test = split_arrays(x, y, seed, val_fraction, test_fraction)
-    if x.dtype != np.uint8:
+    if x.dtype != np.uint8 and not tokens:
         train, val, test = scale_features(train, val, test, standardize, path, meta)
     return DataBundle(
         train=train,

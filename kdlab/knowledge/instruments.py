@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.knowledge.adapters import call_model, logits_of
+
 # Warning thresholds (kdlab's choices, documented in docs/understanding.md).
 OVERCONFIDENT_QT = 0.95  # mean true-class probability on the training set
 OVERCONFIDENT_WRONG_ENTROPY = 0.15  # nats: -Σ_{j≠t} q_j log q_j, averaged
@@ -72,7 +74,7 @@ def predict_logits(model: nn.Module, x: Tensor, prepare=None, batch_size: int = 
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
-            outs.append(model(prepare(xb) if prepare is not None else xb).float())
+            outs.append(logits_of(call_model(model, prepare(xb) if prepare is not None else xb), model).float())
     model.train(was)
     return torch.cat(outs) if outs else torch.zeros(0)
 

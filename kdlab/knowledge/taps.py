@@ -12,6 +12,7 @@ import difflib
 from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
+from kdlab.knowledge.adapters import first_tensor
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -56,7 +57,7 @@ class FeatureTap:
 
     def _hook(self, name: str):
         def hook(_module, _inputs, output):
-            self.features[name] = output[0] if isinstance(output, tuple) else output
+            self.features[name] = first_tensor(output)  # a layer's tuple or ModelOutput: its first tensor
 
         return hook
 

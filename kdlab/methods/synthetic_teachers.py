@@ -31,6 +31,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
+from kdlab.knowledge.adapters import call_model, logits_of
 from kdlab.methods.logit_utils import kl_to_target_per_sample
 from kdlab.methods.base import Method, MethodContext, MethodParams, one_teacher, register_method
 
@@ -77,7 +78,7 @@ def class_mean_probs(teacher: nn.Module, x: Tensor, y: Tensor, num_classes: int,
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size]
             xb = prepare(xb) if prepare is not None else xb
-            p = F.softmax(teacher(xb).float() / tau, dim=1)
+            p = F.softmax(logits_of(call_model(teacher, xb), teacher).float() / tau, dim=1)
             sums.index_add_(0, y[i : i + batch_size], p)
             counts.index_add_(0, y[i : i + batch_size], torch.ones(len(p), device=x.device))
     teacher.train(was)

@@ -96,11 +96,11 @@ def run_takd(exp: Experiment, ctx: RunContext) -> ChainResult:
     out = ChainResult(exp.name, metric)
     chain_specs = [*params.assistants, exp.student]
     for variant, methods in exp.method_sets().items():
-        links = [LinkResult("teacher", t_spec.model.name, count_params(teacher), [{f"test_{k}": v for k, v in t_eval.items()}])]
+        links = [LinkResult("teacher", t_spec.model.source, count_params(teacher), [{f"test_{k}": v for k, v in t_eval.items()}])]
         links += [LinkResult(f"assistant {i + 1}", s.name, 0) for i, s in enumerate(params.assistants)]
-        links.append(LinkResult("student", exp.student.name, 0))
+        links.append(LinkResult("student", exp.student.source, 0))
         if params.direct:
-            links.append(LinkResult("student (direct)", exp.student.name, 0))
+            links.append(LinkResult("student (direct)", exp.student.source, 0))
         for seed in exp.seeds:
             current = teacher
             for i, spec in enumerate(chain_specs):
@@ -121,7 +121,7 @@ def _train_link(ctx, exp, variant, methods: list[MethodSpec], spec: ModelSpec, t
     stage = run_stage(ctx, student_stage(
         exp, data, task, methods=methods, seed=seed, variant=f"{variant}-{tag}", teachers=[teacher], model=spec,
         name=exp.name if is_student else f"{exp.name}-{tag}", kind="student" if is_student else "assistant",
-        label=f"{tag} {spec.name} seed {seed}",
+        label=f"{tag} {spec.source} seed {seed}",
         record={"takd_link": tag, "takd_chain": [c.model_dump(mode="json") for c in chain]},
     ))
     link.params = stage.summary.get("params", count_params(stage.model))

@@ -147,9 +147,9 @@ def run_diagnose(exp: Experiment, ctx: RunContext) -> DiagnoseResult:
         params={**params.model_dump(), "ls_eps_used": ls_eps},
         setup={
             "data": exp.data.name,
-            "teacher": exp.all_teachers()[0].model.name,
+            "teacher": exp.all_teachers()[0].model.source,
             "teacher_params": count_params(teacher),
-            "student": exp.student.name,
+            "student": exp.student.source,
             "epochs": exp.train.epochs,
             "num_classes": data.num_classes,
             "train_size": len(data.train),

@@ -9,6 +9,7 @@ from torch import nn
 
 from kdlab.config.schema import DataSpec, MethodSpec, ModelSpec
 from kdlab.data.base import DataBundle, Split
+from kdlab.errors import KdlabError
 from kdlab.methods.base import Method, MethodContext
 from kdlab.models.build import build_model
 from kdlab.registry import DATASETS, METHODS
@@ -72,10 +73,40 @@ def reads_layers(spec: MethodSpec) -> bool:
 
 def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
     """Build every variant's methods against untrained student and teacher models, so a wrong
-    layer path or hyper-parameter fails before any teacher or student trains."""
-    if not any(reads_layers(m) for ms in exp.method_sets().values() for m in ms):
+    layer path or hyper-parameter fails before any teacher or student trains; models from
+    `import` or `hf` are also run once, to refuse outputs that do not fit the data."""
+    sources = [("student", exp.student)] + [(f"teacher {i}", t.model) for i, t in enumerate(exp.all_teachers())]
+    outside = [(role, spec) for role, spec in sources if spec.name is None]
+    if not outside and not any(reads_layers(m) for ms in exp.method_sets().values() for m in ms):
         return
-    student = build_model(exp.student, data)
-    teachers = [build_model(t.model, data) for t in exp.all_teachers()]
+    student = build_model(exp.student, data, "student")
+    teachers = [build_model(t.model, data, f"teacher {i}") for i, t in enumerate(exp.all_teachers())]
+    for (role, spec), model in zip(sources, [student, *teachers]):
+        if spec.name is None:
+            check_logits(model, data, task, spec.num_classes or data.num_classes, f"{role} ({spec.source})")
     for specs in exp.method_sets().values():
         build_methods(specs, method_context(data, student, teachers, exp.train.epochs, device, task))
+
+
+def check_logits(model: nn.Module, data: DataBundle, task, expected: int, role: str) -> None:
+    """A model whose logits do not have one entry per class (per vocabulary token for language
+    models) is refused before anything trains: e.g. a network built for another label set."""
+    if task.name not in ("classification", "lm") or len(data.val) == 0:
+        return
+    batch = {k: v[:2] for k, v in data.val.tensors.items()}
+    if data.prepare is not None:
+        batch["x"] = data.prepare(batch["x"])
+    model = model.to(batch["x"].device).eval()
+    try:
+        with torch.no_grad():
+            logits = task.forward(model, batch)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        text = str(e).strip().splitlines()
+        raise KdlabError(f"{role} cannot run on the data's inputs (shape {tuple(batch['x'].shape[1:])}, "
+                         f"{batch['x'].dtype}): {text[0][:200] if text else type(e).__name__}") from None
+    width = logits.shape[-1] if logits.dim() else 0
+    if width != expected:
+        what = "vocabulary tokens" if task.name == "lm" else "classes"
+        raise KdlabError(f"{role} gives {width} logits per {'token' if task.name == 'lm' else 'sample'} but the data "
+                         f"has {expected} {what}: make it output {expected} (an imported callable is given num_classes when it "
+                         "names that parameter)")

@@ -18,6 +18,7 @@ from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.trainer import Trainer, TrainResult, TrainSetup
 from kdlab.errors import KdlabError
 from kdlab.models.build import arch_record, build_model
+from kdlab.models.weights import save_student
 from kdlab.seeding import seed_everything
 from kdlab.stages.building import build_methods, method_context
 from kdlab.stages.context import RunContext
@@ -40,7 +41,7 @@ class Stage:
 
     name: str
     kind: str  # teacher | student | assistant
-    model: ModelSpec
+    model: Optional[ModelSpec]  # None: `module` is given as it is (the Python API)
     methods: list[MethodSpec]
     seed: int
     data: DataBundle
@@ -158,7 +159,7 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
     """Train the stage's model with its methods (or restore it, if it already finished)."""
     env = D.current()
     seed_everything(stage.seed)  # model initialisation is part of what the seed fixes
-    model = stage.module if stage.module is not None else build_model(stage.model, stage.data)
+    model = stage.module if stage.module is not None else build_model(stage.model, stage.data, stage.kind)
     methods, weights = build_methods(
         stage.methods, method_context(stage.data, model, stage.teachers, stage.train.epochs, ctx.device, stage.task)
     )
@@ -171,7 +172,7 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
     setup = TrainSetup(
         student=model, data=stage.data, task=stage.task, train=stage.train, seed=stage.seed, device=ctx.device,
         batch_size=stage.data_spec.batch_size, eval_batch_size=stage.data_spec.eval_batch_size, methods=methods,
-        weights=weights, teachers=stage.teachers, label=stage.display, arch=arch_record(stage.model, stage.data),
+        weights=weights, teachers=stage.teachers, label=stage.display, arch=arch_record(stage.model, stage.data, model),
     )
     recorder = StoreRecorder(run) if run is not None and not finished else None
     trainer = Trainer(setup, stage.curriculum, recorder, progress=ctx.reporter if env.main and not finished else None)
@@ -183,6 +184,8 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         raise
     result.summary["seed"] = stage.seed
     if run is not None and not finished:
+        if result.finished:  # the distilled student as trained, in formats other tools read
+            save_student(result.student, run.path)
         status = "done" if result.finished else "interrupted"
         run.finish(status, {**result.summary, "run_id": run.id}, metric_value=_primary(result, stage.task))
     # Every rank must see the same run (rank 0 made it), or ranks take different paths after this.

@@ -13,9 +13,9 @@ from torch import nn
 from kdlab.config.schema import Experiment, MethodSpec, TeacherSpec, stable_hash
 from kdlab.data.base import DataBundle
 from kdlab.engine import distributed as D
-from kdlab.engine.checkpoint import load_model_state, read_checkpoint
 from kdlab.errors import KdlabError
 from kdlab.models.build import build_model
+from kdlab.models.weights import load_weights
 from kdlab.stages.building import load_data
 from kdlab.stages.context import RunContext
 from kdlab.stages.stage import Stage, run_stage
@@ -41,10 +41,9 @@ def teacher_key(spec: TeacherSpec, exp: Experiment, task: Task) -> str:
 
 
 def load_teacher(spec: TeacherSpec, data: DataBundle, path: str, role: str = "teacher") -> nn.Module:
-    model = build_model(spec.model, data)
-    ck = read_checkpoint(path)
-    load_model_state(model, ck["model"], path, role)
-    return model.eval()
+    """The teacher's model with the weights at `path` (a kdlab checkpoint or state dict, a
+    .safetensors file or a Hugging Face folder)."""
+    return load_weights(build_model(spec.model, data, role), path, role).eval()
 
 
 def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: DataBundle, task: Task, index: int = 0) -> nn.Module:
@@ -81,7 +80,7 @@ def train_or_reuse_teacher(
         train = spec.train or exp.train
         stage = run_stage(ctx, Stage(
             name=name, kind="teacher", model=spec.model, methods=teacher_methods(spec, task), seed=seed, data=data,
-            task=task, data_spec=data_spec, train=train, key=key, label=f"{role} {spec.model.name}",
+            task=task, data_spec=data_spec, train=train, key=key, label=f"{role} {spec.model.source}",
             config={"teacher_of": exp.name, **spec.model_dump(mode="json"), "train": train.model_dump(mode="json"),
                     "data": data_spec.model_dump(mode="json"), "seed": seed, **(extra_config or {}),
                     "logging": exp.logging.model_dump(mode="json")},  # teachers log too

@@ -5,6 +5,7 @@ Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
     index.sqlite
     locks/<key>.lock        held while a reusable artefact (a teacher) is being made
     <run id>/config.yaml  metrics.jsonl  summary.json  checkpoints/{last,best}.pt  .lock
+             model.safetensors (the finished model)  hf/ (the same, for a Hugging Face model)
     <run id>/tb/            TensorBoard events (logging.backends: [tensorboard])
     mlflow.db               MLflow runs (logging.backends: [mlflow])
     tune/<study>.db         Optuna studies (`kdlab tune`)

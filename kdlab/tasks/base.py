@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from kdlab.knowledge.adapters import call_model, logits_of
 from kdlab.registry import TASKS
 
 
@@ -25,8 +26,9 @@ class Task:
         self.data = data
 
     def forward(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        """The model's output on a batch (logits for classification)."""
-        return model(batch["x"])
+        """The model's logits on a batch, whatever the model returns (a tensor, a Hugging Face
+        ModelOutput, a tuple or a dict; see `kdlab.knowledge.adapters`)."""
+        return logits_of(call_model(model, batch["x"], batch.get("attention_mask")), model)
 
     def eval_batch(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError

@@ -9,6 +9,7 @@ from rich.table import Table
 from kdlab.cli.common import console, positive_int
 from kdlab.errors import KdlabError
 from kdlab.report.stats import fmt, mean_std
+from kdlab.store import tensorcache
 from kdlab.store.runstore import RunStore
 
 
@@ -16,6 +17,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="list the runs in the store")
     p.add_argument("--store", default=None)
     p.add_argument("--limit", type=positive_int, default=50)
+    p.add_argument("--caches", action="store_true", help="list the teacher-output caches instead, with their sizes")
     p.set_defaults(func=cmd_runs)
 
     c = sub.add_parser("compare", help="final and best metrics of runs side by side, mean ± std over seeds")
@@ -33,8 +35,27 @@ def _metric_keys(rows) -> list[str]:
     return keys
 
 
+def cmd_caches(store: RunStore) -> int:
+    caches = list(tensorcache.list_caches(store.root / "cache"))
+    if not caches:
+        console.print(f"no teacher-output caches in {store.root / 'cache'}")
+        return 0
+    table = Table(title=f"teacher-output caches in {store.root / 'cache'}")
+    for col in ("key", "teacher", "rows", "views", "fields", "dtype", "size", "status"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("size", "status", "rows", "views"))
+    for path, m, complete in caches:
+        made = m["made_from"]
+        table.add_row(path.name, m.get("teacher", ""), str(m["rows"]), str(m.get("views", 0)),
+                      ", ".join(m["fields"]), made.get("dtype", "") + (f" top-{made['topk']}" if made.get("topk") else ""),
+                      tensorcache.human_size(tensorcache.size_bytes(path)), "complete" if complete else "partial")
+    console.print(table)
+    return 0
+
+
 def cmd_runs(args) -> int:
     store = RunStore(args.store)
+    if args.caches:
+        return cmd_caches(store)
     rows = store.rows(limit=args.limit)
     if not rows:
         console.print(f"no runs in {store.root}")

@@ -204,6 +204,22 @@ def _default_methods() -> list[MethodSpec]:
     return [MethodSpec(name="ce")]
 
 
+class CacheSpec(Strict):
+    """The teacher's outputs on the training data, computed once and reused by every student,
+    method, variant and seed (`kdlab.stages.teacher_cache`). `cache: true` takes the defaults."""
+
+    # 0: the data is not augmented and the cache is exact. K >= 1: K augmented views of each
+    # training sample, drawn once (seeded by `seed`); each epoch a sample is shown in one of them.
+    views: Int = Field(0, ge=0)
+    seed: Int = 0
+    # float32 reproduces the uncached run bit for bit; float16 halves the size (and rounds).
+    dtype: Literal["float32", "float16"] = "float32"
+    # Keep only the k largest logits per output (+ the remaining log-mass): for many classes.
+    topk: Optional[Int] = Field(None, ge=1)
+    # Where to keep it (default: <store>/cache/<key>); one made from anything else is refused.
+    path: Optional[str] = None
+
+
 class TeacherSpec(Strict):
     model: ModelSpec
     checkpoint: Optional[str] = None  # load instead of training
@@ -214,6 +230,12 @@ class TeacherSpec(Strict):
     # How the teacher itself is trained; default: the task's supervised loss (ce, or bpr for ranking).
     methods: Optional[list[MethodSpec]] = None
     seed: Optional[Int] = None  # default: the experiment's first seed
+    cache: Optional[CacheSpec] = None  # reuse the teacher's outputs across students (see CacheSpec)
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_flag(cls, v):
+        return ({} if v else None) if isinstance(v, bool) else v
 
 
 class PipelineSpec(BaseModel):

@@ -3,6 +3,9 @@
 Shuffling uses a generator seeded from (seed, epoch); under DDP every rank draws the same
 permutation and keeps its own share of each global batch, so the global batch (and the
 averaged gradient) is the same as in a single-process run.
+
+`views(index, epoch, seed)`, when given, replaces augmentation: it returns the batch's `x`
+(and `view`) from augmented views drawn once and stored (a teacher-output cache's).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class TensorLoader:
         rank: int = 0,
         world: int = 1,
         drop_last: bool = False,
+        views=None,
     ):
         self.split = split
         self.batch_size = batch_size
@@ -38,6 +42,7 @@ class TensorLoader:
         self.augment = augment
         self.rank, self.world = rank, world
         self.drop_last = drop_last
+        self.views = views
         self.epoch = 0
         self.device = next(iter(split.tensors.values())).device
 
@@ -58,10 +63,13 @@ class TensorLoader:
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         order = self.order()
         aug_gen: Optional[torch.Generator] = None
-        if self.augment is not None:
+        if self.augment is not None and self.views is None:
             aug_gen = generator(derive(self.seed, self.epoch, 2, self.rank), self.device)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             if self.world > 1:
                 idx = idx[self.rank :: self.world]
-            yield cut_batch(self.split, idx, self.prepare, self.augment, aug_gen)
+            if self.views is not None:
+                yield {**cut_batch(self.split, idx), **self.views(idx, self.epoch, self.seed)}
+            else:
+                yield cut_batch(self.split, idx, self.prepare, self.augment, aug_gen)

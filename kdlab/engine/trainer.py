@@ -67,6 +67,11 @@ class TrainSetup:
     teachers: list[nn.Module] = field(default_factory=list)
     label: str = "student"
     arch: dict = field(default_factory=dict)
+    # Per teacher, None or an object answering `teacher_outputs(batch)` for the batches it
+    # `holds` (a teacher-output cache) instead of the teacher's forward pass.
+    teacher_caches: list[Any] = field(default_factory=list)
+    # Stored augmented views handed to the student instead of online augmentation (TensorLoader).
+    views: Optional[Any] = None
 
 
 @dataclass
@@ -292,10 +297,14 @@ class Trainer:
     def loader(self, split, shuffle: bool, augment: bool, seed: Optional[int] = None) -> TensorLoader:
         return TensorLoader(split, self.setup.batch_size, shuffle=shuffle,
                             seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
-                            augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world)
+                            augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world,
+                            views=self.setup.views if augment else None)
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> list[Outputs]:
-        return [teacher_outputs(self.task, t, tap, batch, self.autocast()) for t, tap in zip(self.teachers, self.teacher_taps)]
+        caches = self.setup.teacher_caches or [None] * len(self.teachers)
+        return [c.teacher_outputs(batch) if c is not None and c.holds(batch)
+                else teacher_outputs(self.task, t, tap, batch, self.autocast())
+                for t, tap, c in zip(self.teachers, self.teacher_taps, caches)]
 
     def evaluate(self, model: nn.Module, split) -> dict[str, float]:
         return evaluate(model, split, self.task, self.data.prepare, self.setup.eval_batch_size, self.autocast())

@@ -54,6 +54,6 @@ def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     for variant, methods in sets.items():
         for seed in exp.seeds:
             stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=variant,
-                                                 teachers=teachers))
+                                                 teachers=teachers, teacher_cache=[t.cache for t in exp.all_teachers()]))
             out.results.setdefault(variant, []).append(stage.row())
     return out

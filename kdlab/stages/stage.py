@@ -22,6 +22,7 @@ from kdlab.models.weights import save_student
 from kdlab.seeding import seed_everything
 from kdlab.stages.building import build_methods, method_context
 from kdlab.stages.context import RunContext
+from kdlab.stages.teacher_cache import obtain_caches
 from kdlab.store.runstore import Run
 from kdlab.tasks.base import Task
 from kdlab.tracking.base import attach_sinks
@@ -55,6 +56,8 @@ class Stage:
     label: Optional[str] = None
     module: Optional[nn.Module] = None  # a model already built (else built from `model`)
     curriculum: Optional[Curriculum] = None
+    # Per teacher, a CacheSpec (answer it from its output cache) or None (run it each step).
+    teacher_cache: list = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -164,6 +167,7 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         stage.methods, method_context(stage.data, model, stage.teachers, stage.train.epochs, ctx.device, stage.task)
     )
     _check_teachers(methods, stage.teachers)
+    caches, views = obtain_caches(ctx, stage, methods)
     run, resume_from, finished = None, None, False
     if ctx.store is not None:
         if env.main:
@@ -173,6 +177,7 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         student=model, data=stage.data, task=stage.task, train=stage.train, seed=stage.seed, device=ctx.device,
         batch_size=stage.data_spec.batch_size, eval_batch_size=stage.data_spec.eval_batch_size, methods=methods,
         weights=weights, teachers=stage.teachers, label=stage.display, arch=arch_record(stage.model, stage.data, model),
+        teacher_caches=caches, views=views,
     )
     recorder = StoreRecorder(run) if run is not None and not finished else None
     trainer = Trainer(setup, stage.curriculum, recorder, progress=ctx.reporter if env.main and not finished else None)

@@ -191,6 +191,12 @@ class ScheduleSpec(Strict):
         return v
 
 
+def omit_defaults(out: dict, defaults: dict) -> dict:
+    """A dump without the fields newer than the stores in use while they keep their defaults,
+    so the hashes that group runs and find stored teachers read as they did before them."""
+    return {k: v for k, v in out.items() if k not in defaults or v != defaults[k]}
+
+
 class TrainSpec(Strict):
     epochs: Int = Field(10, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -198,6 +204,15 @@ class TrainSpec(Strict):
     grad_clip: Optional[Float] = Field(None, gt=0)
     amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    # Write the full (resumable) checkpoint every N epochs and at the last; a resumed run
+    # replays the epochs after the last one written, exactly.
+    checkpoint_every: Int = Field(1, ge=1)
+    # Validate every N epochs and at the last; the best model is chosen among validated epochs.
+    eval_every: Int = Field(1, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1})
 
 
 def _default_methods() -> list[MethodSpec]:
@@ -236,6 +251,10 @@ class TeacherSpec(Strict):
     @classmethod
     def _cache_flag(cls, v):
         return ({} if v else None) if isinstance(v, bool) else v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return omit_defaults(handler(self), {"cache": None})
 
 
 class PipelineSpec(BaseModel):

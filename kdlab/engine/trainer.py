@@ -113,6 +113,7 @@ class Trainer:
         start = self._resume(resume_from) if resume_from else 0
         epochs = self.spec.epochs
         last = min(epochs, stop_after_epoch) if stop_after_epoch else epochs
+        self.stop_epoch = last - 1  # a stop asked for writes its checkpoint, whatever checkpoint_every says
         total = sum(self.curriculum.steps(e) for e in range(start, last))
         self.bar = self.progress.task(self.setup.label, total=total) if self.progress and total else None
         try:
@@ -219,7 +220,7 @@ class Trainer:
         train_terms = self._reduce(epoch, sums, steps)
         # Non-loss statistics a method measured during the epoch (e.g. an inconsistency rate).
         method_metrics = {k: v for m in self.methods for k, v in m.epoch_metrics().items()}
-        val = self.curriculum.validate(epoch)
+        val = self.curriculum.validate(epoch) if self._due(epoch, self.spec.eval_every) else {}
         record = {
             "epoch": epoch,
             "lr": self.opt.param_groups[0]["lr"],
@@ -254,9 +255,14 @@ class Trainer:
             self.best = {"epoch": epoch, **{f"val_{k}": v for k, v in val.items()}}
             self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
             self._save("best", epoch, history, full=False)
-        self._save("last", epoch, history, full=True)
+        if self._due(epoch, self.spec.checkpoint_every) or epoch == self.stop_epoch:
+            self._save("last", epoch, history, full=True)
         if self.recorder is not None:
             self.recorder.log(record)
+
+    def _due(self, epoch: int, every: int) -> bool:
+        """Every `every` epochs, and always at the last."""
+        return (epoch + 1) % every == 0 or epoch + 1 == self.spec.epochs
 
     def _save(self, name: str, epoch: int, history: list[dict], full: bool) -> None:
         if self.recorder is None:

@@ -91,7 +91,7 @@ def assert_pinned(actual: dict, pins: dict) -> None:
     assert all(close(k, got[k], v) for k, v in pins.items()), f"pinned figures changed: got {shown}, pinned {pins}"
 
 
-def run_single_and_ddp(cfg: str, tmp_path: Path) -> tuple[str, str]:
+def single_and_two_process_runs(tmp_path: Path, cfg: str) -> tuple[str, str]:
     """Run a config in one process, then under torchrun as two CPU processes (gloo): the two stores."""
     import os
     import shutil

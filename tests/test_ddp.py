@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_single_and_ddp, write_config
+from helpers import single_and_two_process_runs, write_config
 from kdlab.store.runstore import RunStore
 
 
@@ -14,7 +14,7 @@ from kdlab.store.runstore import RunStore
 def test_two_process_ddp_matches_single_process(tmp_path):
     # MLPs without batch norm or dropout: per-rank statistics would differ by design.
     cfg = write_config(tmp_path, train={"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}})
-    single, multi = run_single_and_ddp(cfg, tmp_path)
+    single, multi = single_and_two_process_runs(tmp_path, cfg)
     a, b = RunStore(single).rows(), RunStore(multi).rows()
     assert len(b) == 2  # teacher + student, written once (by rank 0 only)
     for kind in ("teacher", "student"):
@@ -51,8 +51,7 @@ def test_education_grades_train_under_two_process_ddp(tmp_path):
     grades on both ranks (the TR heads and the optimiser are rebuilt at each growth) and ends
     close to the single-process run; the TR head's batch norm sees each rank's half-batch, so
     the numbers agree only approximately."""
-    cfg = write_config(tmp_path, ED_DDP)
-    single, multi = run_single_and_ddp(cfg, tmp_path)
+    single, multi = single_and_two_process_runs(tmp_path, write_config(tmp_path, ED_DDP))
     (a,) = [x for x in RunStore(single).rows() if x["kind"] == "student"]
     (b,) = [x for x in RunStore(multi).rows() if x["kind"] == "student"]  # written once, by rank 0
     ha = [json.loads(l) for l in Path(a["path"], "metrics.jsonl").open()]

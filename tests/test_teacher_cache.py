@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TINY, assert_clear, checkpoint, cli, history, run_bad, run_single_and_ddp, same_tensors, write_config
+from helpers import TINY, assert_clear, checkpoint, cli, history, run_bad, single_and_two_process_runs, same_tensors, write_config
 from kdlab.data.augment import random_crop
 from kdlab.engine.trainer import Trainer
 from kdlab.knowledge.cached import CachedTeacher, from_topk, topk_fields
@@ -262,7 +262,7 @@ def test_float16_and_topk_caches_store_what_they_say(tmp_path):
 def test_a_cached_run_under_torchrun_matches_one_process(tmp_path):
     """Each rank reads its share of every batch from the cache by the batch's sample index."""
     cfg = _cfg(tmp_path, True, variants={"kd": VARIANTS["kd"]}, train={"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}})
-    single, multi = run_single_and_ddp(cfg, tmp_path)
+    single, multi = single_and_two_process_runs(tmp_path, cfg)
     (a,), (b,) = _students(single).values(), _students(multi).values()
     assert len(_caches(multi)) == 1
     for ea, eb in zip(history(a["path"]), history(b["path"]), strict=True):

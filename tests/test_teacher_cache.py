@@ -103,6 +103,19 @@ def test_a_cache_made_from_another_teacher_data_or_augmentation_is_refused(tmp_p
     assert_clear(code, lines, err, where, named, "delete it")
 
 
+def test_the_teacher_weights_hash_covers_every_parameter_and_buffer():
+    from kdlab.registry import MODELS
+    from kdlab.stages.teacher_cache import tensors_hash
+
+    model = MODELS.get("cnn2d").obj(num_classes=10, input_shape=(1, 8, 8))  # batch norm: 0-dim counters
+    before = tensors_hash(model.state_dict())
+    for name, t in model.state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            t += 1  # a 0-dim buffer
+            break
+    assert tensors_hash(model.state_dict()) != before
+
+
 def test_a_cache_made_with_another_augmentation_is_refused():
     """The augmentation recipe (function and arguments, no addresses), views and their seed are
     part of what a cache was made from."""

@@ -7,7 +7,6 @@ from collections import OrderedDict
 from rich.table import Table
 
 from kdlab.cli.common import console, positive_int
-from kdlab.errors import KdlabError
 from kdlab.report.stats import fmt, mean_std
 from kdlab.store.runstore import RunStore
 
@@ -56,16 +55,7 @@ def cmd_runs(args) -> int:
 
 
 def resolve_ids(store: RunStore, given: list[str]) -> list[dict]:
-    every = store.rows()
-    out = []
-    for g in given:
-        hits = [r for r in every if r["id"] == g] or [r for r in every if r["id"].startswith(g)]
-        if not hits:
-            raise KdlabError(f"no run '{g}' in {store.root}; `kdlab runs` lists them")
-        if len(hits) > 1:
-            raise KdlabError(f"'{g}' matches {len(hits)} runs ({hits[0]['id']}, {hits[1]['id']}, …); give more of the id")
-        out.append(hits[0])
-    return out
+    return [store.resolve(g) for g in given]
 
 
 def cmd_compare(args) -> int:

@@ -259,6 +259,16 @@ class RunStore:
                 return self._run(row)
         return None
 
+    def resolve(self, given: str) -> dict[str, Any]:
+        """The row of the run whose id is `given` or starts with it (one clear line otherwise)."""
+        every = self.rows()
+        hits = [r for r in every if r["id"] == given] or [r for r in every if r["id"].startswith(given)]
+        if not hits:
+            raise KdlabError(f"no run '{given}' in {self.root}; `kdlab runs` lists them")
+        if len(hits) > 1:
+            raise KdlabError(f"'{given}' matches {len(hits)} runs ({hits[0]['id']}, {hits[1]['id']}, …); give more of the id")
+        return hits[0]
+
     def rows(self, ids: Optional[list[str]] = None, limit: int | None = None) -> list[dict[str, Any]]:
         with self._db() as db:
             if ids:

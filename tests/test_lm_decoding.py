@@ -122,7 +122,7 @@ def test_what_can_decode_and_its_positions():
 
 
 @pytest.mark.parametrize("bad, needle", [
-    ({"strategy": "greedy", "temperature": 0.5}, "temperature apply to strategy sample only"),
+    ({"strategy": "greedy", "temperature": 0.5}, "temperature applies to strategy sample only"),
     ({"strategy": "sample", "beams": 3}, "beams applies to strategy beam only"),
     ({"strategy": "beam", "beams": 1}, "greater than or equal to 2"),
     ({"strategy": "sample", "top_p": 1.5}, "less than or equal to 1"),

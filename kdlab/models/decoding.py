@@ -37,7 +37,8 @@ class DecodeSpec(BaseModel):
         given = self.model_fields_set
         sampling = {"temperature", "top_p", "top_k", "seed"} & given
         if self.strategy != "sample" and sampling:
-            raise ValueError(f"{', '.join(sorted(sampling))} apply to strategy sample only (strategy is {self.strategy})")
+            verb = "applies" if len(sampling) == 1 else "apply"
+            raise ValueError(f"{', '.join(sorted(sampling))} {verb} to strategy sample only (strategy is {self.strategy})")
         if self.strategy != "beam" and "beams" in given:
             raise ValueError(f"beams applies to strategy beam only (strategy is {self.strategy})")
         return self

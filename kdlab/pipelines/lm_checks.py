@@ -17,6 +17,7 @@ from kdlab.models.build import build_model
 from kdlab.knowledge.adapters import call_model, logits_of
 from kdlab.models.decoding import can_decode, positions_field, positions_of
 from kdlab.stages.building import load_data
+from kdlab.stages.teachers import check_same_tokenizer
 from kdlab.tasks.base import Task
 
 
@@ -35,14 +36,11 @@ def check_lm_recipe(exp: Experiment, data: DataBundle, task: Task, recipe: str, 
     if len(teachers) != 1:
         raise KdlabError(f"pipeline '{recipe}' needs exactly one teacher (a `teacher:` section); got {len(teachers)}")
     t_data = load_data(teachers[0].data) if teachers[0].data is not None else data
-    t_tok, s_tok = t_data.meta.get("tokenizer"), data.meta.get("tokenizer")
-    if t_tok is not None and s_tok is not None and t_tok.itos != s_tok.itos:
-        raise KdlabError(f"the teacher's data ({teachers[0].data.name}) has another tokenizer than the student's "
-                         f"({exp.data.name}): their vocabularies differ in {_first_difference(t_tok.itos, s_tok.itos)}; "
-                         "distilling language models needs one tokenizer: give both the same data settings")
+    if teachers[0].data is not None:
+        check_same_tokenizer(t_data, data, "teacher", teachers[0].data.name, exp.data.name)
     models = {"student": (exp.student, build_model(exp.student, data, "student")),
               "teacher": (teachers[0].model, build_model(teachers[0].model, t_data, "teacher"))}
-    vocab = {role: _vocab(model, data) for role, (_, model) in models.items()}
+    vocab = {role: _vocab(model, data, f"{role} ({spec.source})") for role, (spec, model) in models.items()}
     if vocab["teacher"] != vocab["student"]:
         raise KdlabError(f"teacher ({models['teacher'][0].source}) and student ({models['student'][0].source}) have "
                          f"different vocabularies ({vocab['teacher']} and {vocab['student']} tokens): distilling "
@@ -57,15 +55,12 @@ def check_lm_recipe(exp: Experiment, data: DataBundle, task: Task, recipe: str, 
                              f"{length_what} is {length} tokens: raise its {positions_field(model)} or shorten")
 
 
-def _vocab(model: nn.Module, data: DataBundle) -> Optional[int]:
+def _vocab(model: nn.Module, data: DataBundle, who: str) -> Optional[int]:
     """The width of the model's logits on one training window."""
     x = data.train.tensors["x"][:1].cpu()
-    with torch.no_grad():
-        return int(logits_of(call_model(model.eval(), x), model).shape[-1])
-
-
-def _first_difference(a: list[str], b: list[str]) -> str:
-    if len(a) != len(b):
-        return f"size ({len(a)} and {len(b)} tokens)"
-    i = next(i for i, (u, v) in enumerate(zip(a, b)) if u != v)
-    return f"token {i} ({a[i]!r} and {b[i]!r})"
+    try:
+        with torch.no_grad():
+            return int(logits_of(call_model(model.eval(), x), model).shape[-1])
+    except (IndexError, RuntimeError) as e:
+        raise KdlabError(f"the {who} cannot read the data's token ids (vocabulary of {data.num_classes} tokens): "
+                         f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from None

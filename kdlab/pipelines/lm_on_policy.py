@@ -19,6 +19,7 @@ from kdlab.tasks.base import get_task
 
 @PIPELINES.register("on_policy", "on-policy LM distillation (GKD): with probability lam a batch is the student's own "
                     "continuations, scored by the teacher; imitkd schedule and replay buffer as options",
+                    "GKD, Agarwal et al. 2024, arXiv:2306.13649; ImitKD, Lin et al. 2020; DistiLLM, Ko et al. 2024",
                     params=OnPolicyParams)
 def run_on_policy(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     p: OnPolicyParams = exp.pipeline.params()

@@ -51,7 +51,8 @@ def seqkd_split(prompts: torch.Tensor, outputs: torch.Tensor) -> Split:
 
 
 @PIPELINES.register("seqkd", "sequence-level KD: students train on the teacher's generated continuations of the "
-                    "training prompts (generated once, stored, reused)", params=SeqKDParams)
+                    "training prompts (generated once, stored, reused)", "Kim & Rush 2016, arXiv:1606.07947",
+                    params=SeqKDParams)
 def run_seqkd(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     p: SeqKDParams = exp.pipeline.params()
     data = load_data(exp.data).to(ctx.device)

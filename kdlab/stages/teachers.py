@@ -46,10 +46,26 @@ def load_teacher(spec: TeacherSpec, data: DataBundle, path: str, role: str = "te
     return load_weights(build_model(spec.model, data, role), path, role).eval()
 
 
+def check_same_tokenizer(own: DataBundle, data: DataBundle, role: str, own_name: str, data_name: str) -> None:
+    """Text data tokenized differently for teacher and student (another vocabulary, even of the
+    same size) is refused: their token ids would mean different words."""
+    a, b = own.meta.get("tokenizer"), data.meta.get("tokenizer")
+    if a is None or b is None or a.itos == b.itos:
+        return
+    if len(a.itos) != len(b.itos):
+        diff = f"{len(a.itos)} and {len(b.itos)} tokens"
+    else:
+        i = next(i for i, (u, v) in enumerate(zip(a.itos, b.itos)) if u != v)
+        diff = f"token {i} is {a.itos[i]!r} and {b.itos[i]!r}"
+    raise KdlabError(f"{role}'s data ({own_name}) has another tokenizer than the student's ({data_name}): {diff}; "
+                     "teacher and student must share one vocabulary: give both the same data settings")
+
+
 def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: DataBundle, task: Task, index: int = 0) -> nn.Module:
     role = f"teacher {index}" if len(exp.all_teachers()) > 1 else "teacher"
     if spec.data is not None:
         own = load_data(spec.data).to(ctx.device)
+        check_same_tokenizer(own, data, role, spec.data.name, exp.data.name)
         if own.num_classes != data.num_classes or tuple(own.input_shape) != tuple(data.input_shape):
             raise KdlabError(
                 f"{role}'s data ({spec.data.name}: {own.num_classes} classes, input {tuple(own.input_shape)}) does not "

@@ -12,7 +12,7 @@ from kdlab.config.numbers import refuse_bools
 from kdlab.errors import suggest
 
 # Filled in by the engine (or by the data's `model_args`), never by the user.
-RESERVED = ("num_classes", "input_shape", "seed", "num_users", "num_items", "vocab_size", "adjacency")
+RESERVED = ("num_classes", "input_shape", "seed", "num_users", "num_items", "vocab_size", "adjacency", "stream")
 
 
 @lru_cache(maxsize=None)

@@ -31,7 +31,8 @@ def teacher_key(spec: TeacherSpec, exp: Experiment, task: Task) -> str:
     seed = spec.seed if spec.seed is not None else exp.seeds[0]
     return stable_hash(
         {
-            "data": (spec.data or exp.data).model_dump(mode="json"),
+            # streamed or in memory, the same samples: the same teacher
+            "data": (spec.data or exp.data).model_dump(mode="json", exclude={"stream", "workers", "memory_budget"}),
             "model": spec.model.model_dump(mode="json"),
             "methods": [m.model_dump(mode="json") for m in teacher_methods(spec, task)],
             "train": train.model_dump(mode="json"),

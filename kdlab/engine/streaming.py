@@ -62,7 +62,7 @@ class StreamLoader(TensorLoader):
         self.pin = device.type == "cuda"
         self.data = DataLoader(
             _Samples(split), batch_sampler=_RankBatches(self), collate_fn=collate, num_workers=workers,
-            pin_memory=self.pin, persistent_workers=workers > 0, prefetch_factor=prefetch if workers > 0 else None,
+            pin_memory=self.pin, persistent_workers=False, prefetch_factor=prefetch if workers > 0 else None,
         )
 
     def order(self) -> Tensor:

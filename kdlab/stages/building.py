@@ -16,6 +16,7 @@ from kdlab.errors import KdlabError
 from kdlab.methods.base import Method, MethodContext
 from kdlab.models.build import build_model
 from kdlab.registry import DATASETS, METHODS
+from kdlab.stages.vocabulary import check_vocabularies
 
 
 def load_data(spec: DataSpec) -> DataBundle:
@@ -104,6 +105,7 @@ def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
         return
     student = build_model(exp.student, data, "student")
     teachers = [build_model(t.model, data, f"teacher {i}") for i, t in enumerate(exp.all_teachers())]
+    check_vocabularies(sources, [student, *teachers], data)
     for (role, spec), model in zip(sources, [student, *teachers]):
         if spec.name is None:
             check_logits(model, data, task, spec.num_classes or data.num_classes, f"{role} ({spec.source})")

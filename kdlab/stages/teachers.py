@@ -51,6 +51,11 @@ def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: Da
     role = f"teacher {index}" if len(exp.all_teachers()) > 1 else "teacher"
     if spec.data is not None:
         own = load_data(spec.data).to(ctx.device)
+        mine, theirs = own.meta.get("tokenizer"), data.meta.get("tokenizer")
+        if (mine or theirs) and (mine or {}).get("fingerprint") != (theirs or {}).get("fingerprint"):
+            name = lambda t: f"'{t['path']}' ({t['size']} tokens)" if t else "no tokenizer"
+            raise KdlabError(f"{role}'s data is tokenised by {name(mine)} but the student's by {name(theirs)}: "
+                             "teacher and student must read the same token ids; use one tokenizer for both")
         if own.num_classes != data.num_classes or tuple(own.input_shape) != tuple(data.input_shape):
             raise KdlabError(
                 f"{role}'s data ({spec.data.name}: {own.num_classes} classes, input {tuple(own.input_shape)}) does not "

@@ -176,7 +176,7 @@ def test_imagefolder_streamed_decodes_in_the_workers_with_the_same_splits_and_me
 
 
 def test_streamed_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
-    cfg = {**TINY, "methods": CE, "student": {"name": "mlp", "params": {"hidden": [256, 256]}},
+    cfg = {**TINY, "methods": CE, "student": {"name": "mlp", "params": {"hidden": [128, 128]}},
            "data": {**TINY["data"], "stream": True, "workers": 1},
            "train": {"epochs": 5, "optimizer": {"name": "adam", "lr": 0.001, "weight_decay": 0.0}}}
     path, store = write_config(tmp_path, cfg, name="kill.yaml"), str(tmp_path / "killed")
@@ -197,10 +197,154 @@ def test_streamed_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupte
     time.sleep(0.05)  # into the next epoch
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # its loader workers end with it (they share the run's lock, so the run reads as interrupted)
+    t0 = time.time()
+    while RunStore(store).rows()[0]["status"] != "interrupted":
+        assert time.time() - t0 < 2, "the killed run's workers outlived it"
+        time.sleep(0.01)
     (row,) = RunStore(store).rows()
-    assert 2 <= len(history(row["path"])) < 5 and row["status"] == "interrupted"
+    assert 2 <= len(history(row["path"])) < 5
     assert cli("run", path, "--store", store, "--quiet", "--resume") == 0
     resumed = history(RunStore(store).rows()[0]["path"], timeless=True)
     # the reference is uninterrupted and in memory: the same metrics, epoch by epoch
     ref, _ = _run(tmp_path, {**cfg, "data": {**TINY["data"], "stream": False}}, "ref")
     assert resumed == ref["student"] and len(resumed) == 5
+
+
+# ------------------------------------------------------------- tables and text
+SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "birds fly high in the sky", "the sun is hot today",
+             "my cat likes warm milk", "the dog barks at night"]
+
+
+def _tokenizer(folder: Path, words=None):
+    """A word-level tokenizer trained on a few sentences, saved as a Hugging Face folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator(words or SENTENCES, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]"]))
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    """The same labelled text table as parquet, JSON lines, CSV and a save_to_disk folder."""
+    import datasets
+    import pandas as pd
+
+    d = tmp_path_factory.mktemp("tables")
+    frame = pd.DataFrame({"text": SENTENCES * 10, "label": [i % 2 for i in range(60)], "score": np.arange(60.0)})
+    frame.to_parquet(d / "t.parquet")
+    frame.to_json(d / "t.jsonl", orient="records", lines=True)
+    frame.to_csv(d / "t.csv", index=False)
+    datasets.Dataset.from_pandas(frame).save_to_disk(str(d / "disk"))
+    _tokenizer(d / "tok")
+    return d
+
+
+def _table_spec(d, path, **params):
+    return DataSpec(name="hf_dataset", params={"path": str(d / path), "columns": {"x": "text", "y": "label"},
+                                               "tokenizer_path": str(d / "tok"), "max_length": 8,
+                                               "cache": str(d / "cache"), **params})
+
+
+def test_tables_in_every_format_give_the_same_tokenised_splits(tables):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tables / "tok"))
+    ref = load_data(_table_spec(tables, "t.parquet"))
+    assert ref.num_classes == 2 and ref.input_shape == (8,) and len(ref.train) + len(ref.val) + len(ref.test) == 60
+    assert ref.meta["tokenizer"]["size"] == len(tok) and ref.model_args == {"vocab_size": len(tok)}
+    for path in ("t.jsonl", "t.csv", "disk"):
+        other = load_data(_table_spec(tables, path))
+        for name in ("train", "val", "test"):
+            a, b = getattr(ref, name), getattr(other, name)
+            assert a.tensors.keys() == b.tensors.keys() == {"x", "y", "attention_mask"}
+            assert all(torch.equal(a[k], b[k]) for k in a.tensors)
+    # a row is its sentence's ids padded to max_length, mask 1 on tokens, and its label
+    x, mask, y = ref.train["x"][0], ref.train["attention_mask"][0], int(ref.train["y"][0])
+    text = tok.decode(x[mask.bool()])
+    i = SENTENCES.index(text)
+    assert torch.equal(x, torch.tensor(tok(SENTENCES[i], padding="max_length", max_length=8)["input_ids"]))
+    assert int(mask.sum()) == len(SENTENCES[i].split()) and y == i % 2
+    # streamed: the same rows, read on demand
+    streamed = load_data(_table_spec(tables, "t.parquet").model_copy(update={"stream": True}))
+    assert isinstance(streamed.train, StreamSplit)
+    assert all(torch.equal(materialize(streamed.train)[k], ref.train[k]) for k in ref.train.tensors)
+    # a numeric column maps to x as numbers
+    numeric = load_data(DataSpec(name="hf_dataset", params={"path": str(tables / "t.csv"), "cache": str(tables / "cache"),
+                                                            "columns": {"x": "score", "y": "label"}}))
+    assert numeric.train["x"].dtype == torch.float32 and numeric.input_shape == ()
+
+
+def test_tokenised_text_for_language_modelling_ignores_padding(tables):
+    data = load_data(DataSpec(name="hf_dataset", params={
+        "path": str(tables / "t.jsonl"), "columns": {"x": "text"}, "task": "lm", "tokenizer_path": str(tables / "tok"),
+        "max_length": 8, "cache": str(tables / "cache")}))
+    x, y, mask = data.train["x"], data.train["y"], data.train["attention_mask"]
+    assert data.task == "lm" and x.shape == y.shape == mask.shape
+    kept = y != -100
+    # the target is the next token; -100 exactly where the next position is padding
+    assert torch.equal(y[:, :-1][kept[:, :-1]], x[:, 1:][kept[:, :-1]])
+    assert int((~kept).sum()) > 0 and torch.equal(kept[:, :-1], mask[:, 1:].bool())
+    # perplexity counts only real targets: a model sure of every next token scores ppl 1
+    task = get_task(data)
+    batch = {"x": x[:4], "y": y[:4]}
+    sure = lambda inp: torch.nn.functional.one_hot(y[:4].clamp_min(0), data.num_classes).float() * 50
+    sums = task.eval_batch(sure, batch)
+    assert int(sums["n"]) == int(kept[:4].sum()) and task.finalize({k: float(v) for k, v in sums.items()})["acc"] == 100.0
+
+
+BERT = {"model_type": "bert", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "intermediate_size": 32, "max_position_embeddings": 16}
+
+
+def test_text_classifier_streamed_and_in_memory_give_the_same_metrics(tables, tmp_path):
+    """A small BERT reads the tokenised text with its attention mask (and has dropout: the
+    loader must not draw from the RNG that dropout draws from)."""
+    n = len(json.loads(Path(tables / "tok" / "tokenizer.json").read_text())["model"]["vocab"])
+    model = lambda h: {"hf": {"config": {**BERT, "hidden_size": h, "vocab_size": n}, "kind": "sequence_classification"}}
+    data = {"name": "hf_dataset", "batch_size": 16, "params": _table_spec(tables, "t.jsonl").params}
+    cfg = {"name": "text", "seeds": [0], "device": "cpu", "student": model(8), "methods": CE, "train": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.01,
+                                                                                          "weight_decay": 0.0}}}
+    mem, _ = _run(tmp_path, {**cfg, "data": {**data, "stream": False}}, "text-mem")
+    streamed, _ = _run(tmp_path, {**cfg, "data": {**data, "stream": True, "workers": 0}}, "text-stream")
+    assert mem == streamed and set(mem) == {"student"}
+
+
+# ------------------------------------------------------------------ bad input
+def test_bad_streaming_inputs(tables, tmp_path, capsys):
+    base = {"name": "bad", "seeds": [0], "device": "cpu", "methods": CE,
+            "train": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.01, "weight_decay": 0.0}}}
+    params = _table_spec(tables, "t.parquet").params
+    n = len(json.loads(Path(tables / "tok" / "tokenizer.json").read_text())["model"]["vocab"])
+    bert = lambda **c: {"hf": {"config": {**BERT, "vocab_size": n, **c}, "kind": "sequence_classification"}}
+
+    missing = {**base, "student": bert(), "data": {"name": "hf_dataset", "params": {**params, "columns": {"x": "txt", "y": "label"}}}}
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, missing, name="m.yaml")),
+                 "data.params.columns.x", "no column 'txt'", "text, label, score")
+
+    # a teacher folder that brings its own (different) tokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    folder = tmp_path / "teacher"
+    AutoModelForSequenceClassification.from_config(AutoConfig.for_model(**{**BERT, "vocab_size": n, "num_labels": 2})
+                                                   ).save_pretrained(folder)
+    _tokenizer(folder, ["completely other words here", "and more of them"])
+    data = {"name": "hf_dataset", "params": params}
+    other_tok = {**base, "methods": [{"name": "kd"}], "data": data, "student": bert(),
+                 "teacher": {"model": {"hf": {"path": str(folder)}}, "checkpoint": str(folder)}}
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, other_tok, name="t.yaml")),
+                 "teacher 0", f"the tokenizer in '{folder}'", str(tables / "tok"), "tokenizers differ")
+
+    # vocabularies of different sizes
+    sizes = {**base, "methods": [{"name": "kd"}], "data": data, "student": bert(), "teacher": {"model": bert(vocab_size=n + 5)}}
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, sizes, name="v.yaml")),
+                 f"teacher 0 (hf bert) has a vocabulary of {n + 5} tokens", f"student (hf bert) of {n}")
+
+    # a teacher trained on data tokenised by another tokenizer
+    own = {"name": "hf_dataset", "params": {**params, "tokenizer_path": _tokenizer(tmp_path / "tok2", ["x y z"])}}
+    theirs = {**sizes, "teacher": {"model": bert(), "data": own}}
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, theirs, name="o.yaml")),
+                 "teacher's data is tokenised by", str(tmp_path / "tok2"), str(tables / "tok"))

@@ -51,6 +51,17 @@ class _RankBatches(Sampler):
             yield [(int(j), key) for j in idx]
 
 
+def _die_with_parent(worker_id: int) -> None:
+    """A worker ends the moment its training process does (Linux): a forked worker shares the
+    run's lock, and a killed run must read as interrupted, and resume, at once."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 class StreamLoader(TensorLoader):
     def __init__(self, split: StreamSplit, batch_size: int, device=None, augment_samples: bool = False,
                  workers: int | None = None, prefetch: int = 4, **options):
@@ -63,6 +74,9 @@ class StreamLoader(TensorLoader):
         self.data = DataLoader(
             _Samples(split), batch_sampler=_RankBatches(self), collate_fn=collate, num_workers=workers,
             pin_memory=self.pin, persistent_workers=False, prefetch_factor=prefetch if workers > 0 else None,
+            # The loader draws its workers' base seed from this generator, not from the global
+            # RNG that dropout draws from: streaming leaves the training's random draws alone.
+            generator=torch.Generator().manual_seed(self.seed), worker_init_fn=_die_with_parent,
         )
 
     def order(self) -> Tensor:

@@ -348,3 +348,14 @@ def test_bad_streaming_inputs(tables, tmp_path, capsys):
     theirs = {**sizes, "teacher": {"model": bert(), "data": own}}
     assert_clear(*run_bad(capsys, "run", write_config(tmp_path, theirs, name="o.yaml")),
                  "teacher's data is tokenised by", str(tmp_path / "tok2"), str(tables / "tok"))
+
+
+# ------------------------------------------------------------------ benchmark
+def test_bench_loader_rows_and_bad_worker_counts(capsys):
+    from kdlab.bench.loader_throughput import LoaderSetup, run
+
+    rows = run(LoaderSetup(images=40, image=8, classes=2, batch_size=16, workers=[0], student="cnn2d", repeats=1),
+               log=lambda *_: None)
+    assert [r["loader"] for r in rows] == ["in memory", "streamed, 0 workers"] and rows[0]["epoch_ratio"] == 1.0
+    assert all(r["read_samples_s"] > 0 and r["train_samples_s"] > 0 for r in rows)
+    assert_clear(*run_bad(capsys, "bench", "loader", "--workers", "0,x"), "--workers", "'0,x'")

@@ -87,7 +87,8 @@ class FolderSource(SampleSource):
         return len(self.files)
 
     def read(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": torch.from_numpy(load_image(self.files[i], self.size)), "y": torch.tensor(int(self.labels[i]))}
+        x = np.ascontiguousarray(load_image(self.files[i], self.size))  # a writable copy of PIL's pixels
+        return {"x": torch.from_numpy(x), "y": torch.tensor(int(self.labels[i]))}
 
     def nbytes(self) -> int:
         return len(self.files) * (3 * self.size * self.size + 8)

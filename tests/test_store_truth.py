@@ -121,3 +121,23 @@ def test_runs_show_each_run_primary_metric(tmp_path, store, capsys):
     assert cli("runs", "--store", store) == 0
     out = capsys.readouterr().out
     assert "metric" in out and "top1" in out
+
+
+def test_resume_from_a_weights_only_last_checkpoint_is_refused_clearly(tmp_path, store, capsys):
+    """A `last.pt` replaced by a plain state dict (e.g. a user's copy) cannot be continued:
+    one line says so and how to go on, nothing in the run is touched."""
+    import torch
+
+    cfg = write_config(tmp_path, methods=[{"name": "ce"}])
+    assert cli("run", cfg, "--store", store, "--quiet", "--stop-after-epoch", "1") == 0
+    (row,) = _rows(store)
+    last = Path(row["path"], "checkpoints", "last.pt")
+    state = torch.load(last, weights_only=True)["model"]
+    torch.save(state, last)
+    before = last.read_bytes()
+    capsys.readouterr()
+    assert cli("run", cfg, "--store", store, "--quiet", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "cannot be resumed" in err and "holds weights only" in err and "Traceback" not in err
+    assert len([l for l in err.splitlines() if l.strip()]) <= 2
+    assert last.read_bytes() == before and len(_rows(store)) == 1

@@ -40,7 +40,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
-    kind TEXT NOT NULL,          -- teacher | student | stage
+    kind TEXT NOT NULL,          -- teacher | student | assistant (a TAKD link)
     variant TEXT,
     grp TEXT NOT NULL,           -- hash of the config without seeds: runs to average over
     key TEXT,                    -- identity of a reusable artefact (teachers)

@@ -256,7 +256,7 @@ def test_tables_in_every_format_give_the_same_tokenised_splits(tables):
     tok = AutoTokenizer.from_pretrained(str(tables / "tok"))
     ref = load_data(_table_spec(tables, "t.parquet"))
     assert ref.num_classes == 2 and ref.input_shape == (8,) and len(ref.train) + len(ref.val) + len(ref.test) == 60
-    assert ref.meta["tokenizer"]["size"] == len(tok) and ref.model_args == {"vocab_size": len(tok)}
+    assert ref.meta["hf_tokenizer"]["size"] == len(tok) and ref.model_args == {"vocab_size": len(tok)}
     for path in ("t.jsonl", "t.csv", "disk"):
         other = load_data(_table_spec(tables, path))
         for name in ("train", "val", "test"):

@@ -178,7 +178,7 @@ def bundle(source: TableSource, train, val, test, tok, tokenizer: Optional[str],
     meta: dict = {"path": str(path)}
     model_args = {}
     if tok is not None:
-        meta["tokenizer"] = {"path": str(tokenizer), "size": len(tok), "fingerprint": fingerprint(tok)}
+        meta["hf_tokenizer"] = {"path": str(tokenizer), "size": len(tok), "fingerprint": fingerprint(tok)}
         model_args["vocab_size"] = len(tok)
     if source.task == "lm":
         num_classes = len(tok)

@@ -51,7 +51,7 @@ def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: Da
     role = f"teacher {index}" if len(exp.all_teachers()) > 1 else "teacher"
     if spec.data is not None:
         own = load_data(spec.data).to(ctx.device)
-        mine, theirs = own.meta.get("tokenizer"), data.meta.get("tokenizer")
+        mine, theirs = own.meta.get("hf_tokenizer"), data.meta.get("hf_tokenizer")
         if (mine or theirs) and (mine or {}).get("fingerprint") != (theirs or {}).get("fingerprint"):
             name = lambda t: f"'{t['path']}' ({t['size']} tokens)" if t else "no tokenizer"
             raise KdlabError(f"{role}'s data is tokenised by {name(mine)} but the student's by {name(theirs)}: "

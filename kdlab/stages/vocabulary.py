@@ -29,7 +29,7 @@ def model_tokenizer(spec) -> Optional[tuple[str, str]]:
 
 def check_vocabularies(roles: list[tuple[str, object]], models: list[nn.Module], data) -> None:
     """`roles` are (name, model spec) pairs, `models` the built models, in the same order."""
-    tok = data.meta.get("tokenizer")
+    tok = data.meta.get("hf_tokenizer")
     seen: list[tuple[str, str, str]] = []  # (fingerprint, where, role)
     if tok:
         seen.append((tok["fingerprint"], f"data.params.tokenizer_path '{tok['path']}'", "the data"))

@@ -38,15 +38,17 @@ def cmd_runs(args) -> int:
     if not rows:
         console.print(f"no runs in {store.root}")
         return 0
-    table = Table(title=f"runs in {store.root}")
-    # The id starts with its creation time; `kdlab compare` takes unique id prefixes.
-    table.add_column("id", overflow="fold", ratio=3)
-    for col in ("kind", "seed", "status", "epochs", "metric", "test (last epoch)", "test (best-val epoch)"):
-        table.add_column(col, ratio=1, no_wrap=col == "status")
+    table = Table(title=f"runs in {store.root}", caption="last / best-val: the test score at the last and at the "
+                  "best-validation epoch")
+    # The id holds creation time, config, variant, kind and seed (`ss0`: student seed 0);
+    # `kdlab compare` takes unique id prefixes.
+    table.add_column("id", overflow="fold", min_width=20)
+    for col in ("status", "epochs", "metric", "last", "best-val"):
+        table.add_column(col, no_wrap=True)
     for r in rows:
         s, metric = r["summary"], r["metric"] or ""  # the task's primary metric, stored with the run
         table.add_row(
-            r["id"], r["kind"], str(r["seed"]), r["status"], str(s.get("epochs", "")), metric,
+            r["id"], r["status"], str(s.get("epochs", "")), metric,
             fmt(s[f"test_{metric}"]) if f"test_{metric}" in s else "",
             fmt(r["score"]) if r["score"] is not None else "",
         )

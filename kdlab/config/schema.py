@@ -140,12 +140,25 @@ class DataSpec(Strict):
     # Keep a seeded, stratified fraction of the training split (val and test are untouched):
     # e.g. a student distilled on a small transfer set from a teacher trained on all of it.
     train_fraction: Float = Field(1.0, gt=0, le=1)
+    # Read samples on demand by worker processes (true), hold the data in memory (false), or
+    # stream when the data is larger than memory_budget (GB; default a quarter of the RAM).
+    stream: Union[bool, Literal["auto"]] = "auto"
+    workers: Int = Field(2, ge=0)  # loader processes of a streamed split
+    memory_budget: Optional[Float] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self):
         entry = _lookup(DATASETS, self.name)
         self.params = validate_params(entry.obj, self.params, f"dataset '{self.name}'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # How the data is read changes no sample: left out at their defaults, so records and
+        # the hashes that find stored teachers read as before they existed.
+        out = handler(self)
+        defaults = {"stream": "auto", "workers": 2, "memory_budget": None}
+        return {k: v for k, v in out.items() if k not in defaults or v != defaults[k]}
 
 
 class MethodSpec(BaseModel):

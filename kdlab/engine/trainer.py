@@ -25,7 +25,7 @@ from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import FORMAT, load_model_state, read_resumable
 from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.loader import TensorLoader
+from kdlab.engine.loader import TensorLoader, make_loader
 from kdlab.engine.module import DistillModule, teacher_outputs
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
 from kdlab.errors import KdlabError
@@ -290,9 +290,9 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def loader(self, split, shuffle: bool, augment: bool, seed: Optional[int] = None) -> TensorLoader:
-        return TensorLoader(split, self.setup.batch_size, shuffle=shuffle,
-                            seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
-                            augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world)
+        return make_loader(split, self.setup.batch_size, device=self.device, augment_samples=augment, shuffle=shuffle,
+                           seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
+                           augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world)
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> list[Outputs]:
         return [teacher_outputs(self.task, t, tap, batch, self.autocast()) for t, tap in zip(self.teachers, self.teacher_taps)]

@@ -9,6 +9,7 @@ Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
     <run id>/tb/            TensorBoard events (logging.backends: [tensorboard])
     mlflow.db               MLflow runs (logging.backends: [mlflow])
     tune/<study>.db         Optuna studies (`kdlab tune`)
+    generations/<key>/      a teacher's generated outputs (seqkd): tokens.safetensors, meta.json
 
 A run's `.lock` is held (flock) by the process training it, and the operating system lets go
 of it when that process ends, however it ends: a `running` row whose lock is free belongs to

@@ -125,7 +125,7 @@ def test_showcase_runs_and_its_bert_student_exports_as_hf_and_onnx(bert_run, cap
     out = _export(capsys, d, student, "--format", "hf", "--out", tmp_path / "hf")
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf", local_files_only=True).eval()
     assert torch.equal(torch_logits(loaded, x), torch_logits(model, x))
-    assert loaded.config.vocab_size == data.model_args["vocab_size"] < 300  # the config left it to the data
+    assert loaded.config.vocab_size == data.model_args["vocab_size"] <= 300  # the config left it to the data
     t_params = int(_row(out, "teacher")[1].replace(",", ""))
     s_params = int(_row(out, "student")[1].replace(",", ""))
     assert s_params == sum(p.numel() for p in model.parameters()) and t_params > s_params

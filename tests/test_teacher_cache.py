@@ -133,6 +133,7 @@ def test_a_cache_made_with_another_augmentation_is_refused():
 @pytest.mark.parametrize("data, cache, needle", [
     ({"name": "digits", "params": {"augment": True}}, True, "views: K"),
     ({"name": "digits"}, {"views": 2}, "no augmentation"),
+    ({"name": "digits", "stream": True, "workers": 0}, True, "data.stream: false"),
 ])
 def test_a_cache_that_cannot_match_the_data_is_refused(tmp_path, capsys, data, cache, needle):
     cfg = _cfg(tmp_path, cache, data={**data, "batch_size": 64}, variants={"kd": VARIANTS["kd"]})

@@ -25,7 +25,7 @@ from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import FORMAT, load_model_state, read_resumable
 from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.loader import TensorLoader
+from kdlab.engine.loader import TensorLoader, make_loader
 from kdlab.engine.module import DistillModule, teacher_outputs
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
 from kdlab.errors import KdlabError
@@ -301,10 +301,11 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def loader(self, split, shuffle: bool, augment: bool, seed: Optional[int] = None) -> TensorLoader:
-        return TensorLoader(split, self.setup.batch_size, shuffle=shuffle,
-                            seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
-                            augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world,
-                            views=self.setup.views if augment else None)
+        views = {"views": self.setup.views} if augment and self.setup.views is not None else {}
+        return make_loader(split, self.setup.batch_size, device=self.device, augment_samples=augment, shuffle=shuffle,
+                           seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
+                           augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world,
+                           **views)
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> list[Outputs]:
         caches = self.setup.teacher_caches or [None] * len(self.teachers)

@@ -18,6 +18,7 @@ from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.trainer import Trainer, TrainResult, TrainSetup
 from kdlab.errors import KdlabError
 from kdlab.models.build import arch_record, build_model
+from kdlab.models.init_from_teacher import init_from_teacher
 from kdlab.models.weights import save_student
 from kdlab.seeding import seed_everything
 from kdlab.stages.building import build_methods, method_context
@@ -136,6 +137,12 @@ def _check_teachers(methods, teachers) -> None:
             )
 
 
+def init_from_stage_teacher(model: nn.Module, stage: Stage) -> str:
+    if len(stage.teachers) != 1:
+        raise KdlabError(f"{stage.display}: init_from_teacher needs one teacher, this stage has {len(stage.teachers)}")
+    return init_from_teacher(model, stage.teachers[0], stage.model.init_from_teacher.layers)
+
+
 def _open_run(ctx: RunContext, stage: Stage) -> tuple[Optional[Run], Optional[str], bool]:
     """(run, checkpoint to continue from, finished). With --resume: a finished run of this
     stage is restored, not retrained; an interrupted one (killed at any moment) is continued
@@ -163,6 +170,8 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
     env = D.current()
     seed_everything(stage.seed)  # model initialisation is part of what the seed fixes
     model = stage.module if stage.module is not None else build_model(stage.model, stage.data, stage.kind)
+    if stage.model is not None and stage.model.init_from_teacher is not None:
+        ctx.log(init_from_stage_teacher(model, stage))
     methods, weights = build_methods(
         stage.methods, method_context(stage.data, model, stage.teachers, stage.train.epochs, ctx.device, stage.task)
     )

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from kdlab.config.schema import CacheSpec, stable_hash
+from kdlab.data.base import Split
 from kdlab.data.batching import cut_batch
 from kdlab.engine import distributed as D
 from kdlab.engine.module import teacher_outputs
@@ -78,6 +79,9 @@ def _check(spec: CacheSpec, stage, index: int) -> None:
     if stage.task.name not in CACHED_TASKS:
         raise KdlabError(f"{where}: teacher.cache is for classification and language-model data, not {stage.task.name} "
                          "(a ranking teacher's outputs are embedding lookups already): remove teacher.cache")
+    if not isinstance(data.train, Split):
+        raise KdlabError(f"{where}: teacher.cache reads the training split in memory and this data is streamed: "
+                         "set data.stream: false, or remove teacher.cache")
     if data.augment is not None and not spec.views:
         raise KdlabError(f"{where}: the training data is augmented ({describe(data.augment)}), so fixed outputs would "
                          "not match the images: set teacher.cache.views: K (K augmented views drawn once) or turn augmentation off")

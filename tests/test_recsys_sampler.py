@@ -1,6 +1,7 @@
 """Rank-biased sampling: empirical frequencies follow exp(-r/T) over the top-M ranks."""
 
 import numpy as np
+import pytest
 import torch
 
 from kdlab.tasks.ranking_ops import sample_ranks
@@ -68,3 +69,38 @@ def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
         seen |= set(un[0].tolist())
     assert seen == allowed
 
+
+
+@pytest.mark.parametrize("redraw", ["epoch", "batch"])
+def test_rrd_loss_uses_epoch_draws_over_distinct_users_or_fresh_rows(redraw):
+    from kdlab.data.recsys_synthetic import recsys_synthetic
+    from kdlab.methods.base import MethodContext
+    from kdlab.methods.rank_rrd import RRD, rrd_loss
+    from kdlab.methods.rank_utils import score
+    from kdlab.models.recsys_mf import bpr_mf
+    from kdlab.tasks.base import get_task
+
+    torch.manual_seed(0)
+    data = recsys_synthetic(seed=0, users=40, items=60, dim=4, mean_interactions=15, k_core=2)
+    task = get_task(data)
+    s, t = bpr_mf(**data.model_args, dim=4), bpr_mf(**data.model_args, dim=8)
+    ctx = MethodContext(num_classes=1, student=s, teachers=[t], train_size=1, epochs=1,
+                        device=torch.device("cpu"), data=data, task=task)
+    m = RRD(RRD.Params(K=5, L=20, M=15, redraw=redraw), ctx)
+    batch = {k: v[:100] for k, v in data.train.tensors.items()}
+    s_out = task.forward(s, batch)
+    m.build(s_out, [task.forward(t, batch)])
+    m.on_epoch_start(0)
+    tables = s_out.extras["tables"]
+    if redraw == "epoch":
+        users = batch["x"].unique()
+        ref = rrd_loss(score(tables, users, m._inter[users]), score(tables, users, m._unint[users]))
+        assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # the epoch's draws, distinct users
+        assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # the same items all epoch
+    else:
+        torch.manual_seed(5)
+        inter, unint = m.sample(batch["x"])
+        ref = rrd_loss(score(tables, batch["x"], inter), score(tables, batch["x"], unint))
+        torch.manual_seed(5)
+        assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # fresh draws for every batch row
+        assert not torch.equal(m(batch, s_out, [])["rrd"], ref)

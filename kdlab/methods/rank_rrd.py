@@ -4,10 +4,13 @@ ordering the uninteresting items among themselves.
 
 Sampling as in the DE-RRD code: each epoch, every user gets K interesting items (ranks drawn
 ∝ exp(-r/T) from the teacher's top-M unseen items, without replacement, kept in teacher order)
-and L uninteresting ones, uniform over the items outside the top-M and outside the user's own
-training items; a batch's loss is over its distinct users."""
+and L uninteresting ones, uniform without replacement over the items outside the top-M and
+outside the user's own training items; a batch's loss is over its distinct users.
+`redraw: batch` draws the same way afresh for every batch row instead."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -36,6 +39,9 @@ class RRD(RankingMethod):
         L: int = Field(100, ge=1)  # uninteresting items per user (at most the items outside top-M and train)
         M: int = Field(100, ge=1)
         T: float = Field(10.0, gt=0)
+        # epoch: every user's items drawn once an epoch, loss over the batch's distinct users (the
+        # DE-RRD code); batch: fresh items for every batch row (users repeat with their activity).
+        redraw: Literal["epoch", "batch"] = "epoch"
 
     def build(self, student, teachers):
         self.compute_top(tables_of(teachers[0], "teacher"), self.params.M)
@@ -49,26 +55,34 @@ class RRD(RankingMethod):
         top = self._top[users]
         inter = top.gather(1, ranks)
         # The user's training items are positives, not "uninteresting" ones: pushing them below
-        # the interesting items would fight BPR (the official DE-RRD code masks both sets). Drawn
-        # without replacement from a dense (users, items) mask, as that code does; the tiny
-        # floor only matters for a user with fewer than L allowed items, who then gets some others.
-        allowed = torch.ones(len(users), self.num_items, device=users.device)
+        # the interesting items would fight BPR (the official DE-RRD code masks both sets).
+        # Uniform without replacement over the allowed items, as that code draws: the top-L of
+        # iid uniform keys; excluded items get keys below every allowed one, so only a user with
+        # fewer than L allowed items gets some of them.
+        keys = torch.rand(len(users), self.num_items, device=users.device)
         rows = torch.arange(len(users), device=users.device)[:, None].expand_as(top)
-        allowed[rows, top] = 0.0
-        allowed[self.csr(users.device).rows(users)] = 0.0
-        unint = torch.multinomial(allowed + 1e-12, p.L, replacement=False)
+        keys[rows, top] -= 2.0
+        r, i = self.csr(users.device).rows(users)
+        keys[r, i] -= 2.0
+        unint = keys.topk(p.L, dim=1).indices
         return inter, unint
 
     def on_epoch_start(self, epoch):
-        """Draw every user's items once an epoch, as the DE-RRD code does (also far cheaper
-        than drawing them for each batch)."""
+        """redraw=epoch: draw every user's items once an epoch, as the DE-RRD code does."""
         super().on_epoch_start(epoch)
+        if self.params.redraw != "epoch":
+            return
         n = self._top.shape[0]
         chunk = max(1, 2**24 // self.num_items)  # users per dense (users, items) mask: <= 64 MB
         parts = [self.sample(torch.arange(a, min(a + chunk, n), device=self._top.device)) for a in range(0, n, chunk)]
         self._inter, self._unint = (torch.cat(x) for x in zip(*parts))
 
     def forward(self, batch, student, teachers):
-        users = batch["x"].unique()  # each user of the batch once, as in the DE-RRD code
         t = tables_of(student)
-        return {"rrd": rrd_loss(score(t, users, self._inter[users]), score(t, users, self._unint[users]))}
+        if self.params.redraw == "batch":
+            users = batch["x"]
+            inter, unint = self.sample(users)
+        else:
+            users = batch["x"].unique()  # each user of the batch once, as in the DE-RRD code
+            inter, unint = self._inter[users], self._unint[users]
+        return {"rrd": rrd_loss(score(t, users, inter), score(t, users, unint))}

@@ -31,7 +31,9 @@ def test_without_replacement_gives_distinct_ranks():
     assert counts[0] > counts[29]
 
 
-def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
+def tiny_rrd(**params):
+    """An RRD method built on tiny synthetic data: ~15 of 60 items per user are train items, so
+    20 uniform draws per user hit some of them unless they are excluded."""
     from kdlab.data.recsys_synthetic import recsys_synthetic
     from kdlab.methods.base import MethodContext
     from kdlab.methods.rank_rrd import RRD
@@ -39,18 +41,23 @@ def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
     from kdlab.tasks.base import get_task
 
     torch.manual_seed(0)
-    # ~15 of 60 items per user are train items, so 20 uniform draws per user hit some of them
-    # unless they are excluded (the bug: kdlab drew outside the teacher's top-M only).
     data = recsys_synthetic(seed=0, users=40, items=60, dim=4, mean_interactions=15, k_core=2)
     task = get_task(data)
     s, t = bpr_mf(**data.model_args, dim=4), bpr_mf(**data.model_args, dim=8)
     ctx = MethodContext(num_classes=1, student=s, teachers=[t], train_size=1, epochs=1,
                         device=torch.device("cpu"), data=data, task=task)
-    m = RRD(RRD.Params(K=5, L=20, M=15), ctx)
+    m = RRD(RRD.Params(K=5, L=20, M=15, **params), ctx)
     batch = {k: v[:100] for k, v in data.train.tensors.items()}
-    m.build(task.forward(s, batch), [task.forward(t, batch)])
+    s_out = task.forward(s, batch)
+    m.build(s_out, [task.forward(t, batch)])
+    m.on_epoch_start(0)  # redraw=epoch: every user's items, drawn once an epoch
+    return m, data, batch, s_out
+
+
+def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
+    # (The bug: kdlab drew the uninteresting items outside the teacher's top-M only.)
+    m, data, batch, _ = tiny_rrd()
     users = batch["x"]
-    m.on_epoch_start(0)  # every user's items, drawn once an epoch
     inter, unint = m._inter[users], m._unint[users]
     indptr, indices = data.meta["train_indptr"], data.meta["train_indices"]
     for b, u in enumerate(users.tolist()):
@@ -70,27 +77,12 @@ def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
     assert seen == allowed
 
 
-
 @pytest.mark.parametrize("redraw", ["epoch", "batch"])
 def test_rrd_loss_uses_epoch_draws_over_distinct_users_or_fresh_rows(redraw):
-    from kdlab.data.recsys_synthetic import recsys_synthetic
-    from kdlab.methods.base import MethodContext
-    from kdlab.methods.rank_rrd import RRD, rrd_loss
+    from kdlab.methods.rank_rrd import rrd_loss
     from kdlab.methods.rank_utils import score
-    from kdlab.models.recsys_mf import bpr_mf
-    from kdlab.tasks.base import get_task
 
-    torch.manual_seed(0)
-    data = recsys_synthetic(seed=0, users=40, items=60, dim=4, mean_interactions=15, k_core=2)
-    task = get_task(data)
-    s, t = bpr_mf(**data.model_args, dim=4), bpr_mf(**data.model_args, dim=8)
-    ctx = MethodContext(num_classes=1, student=s, teachers=[t], train_size=1, epochs=1,
-                        device=torch.device("cpu"), data=data, task=task)
-    m = RRD(RRD.Params(K=5, L=20, M=15, redraw=redraw), ctx)
-    batch = {k: v[:100] for k, v in data.train.tensors.items()}
-    s_out = task.forward(s, batch)
-    m.build(s_out, [task.forward(t, batch)])
-    m.on_epoch_start(0)
+    m, _, batch, s_out = tiny_rrd(redraw=redraw)
     tables = s_out.extras["tables"]
     if redraw == "epoch":
         users = batch["x"].unique()

@@ -89,3 +89,26 @@ def assert_pinned(actual: dict, pins: dict) -> None:
 
     shown = {k: v for k, v in actual.items() if isinstance(v, (int, float))} if None in pins.values() else got
     assert all(close(k, got[k], v) for k, v in pins.items()), f"pinned figures changed: got {shown}, pinned {pins}"
+
+
+def single_and_two_process_runs(tmp_path: Path, cfg: str) -> tuple[str, str]:
+    """Run a config in one process, then under torchrun as two CPU processes (gloo): the two stores."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    single, multi = str(tmp_path / "single"), str(tmp_path / "ddp")
+    base = ["-m", "kdlab", "run", cfg, "--quiet", "--device", "cpu", "--store"]
+    r = subprocess.run([sys.executable, *base, single], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *base, multi]
+    r = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode != 0 and "Signal 6 (SIGABRT)" in r.stderr:
+        # Rarely, on a loaded machine, gloo aborts a rank while the processes tear down (seen once
+        # in ~30 runs, never reproduced on demand). One fresh retry; a second abort still fails.
+        shutil.rmtree(multi, ignore_errors=True)
+        r = subprocess.run(launch, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-6000:]
+    return single, multi

@@ -1,16 +1,19 @@
 """Step-time overhead of kdlab's engine.
 
-Two ratios, measured in one process on the same in-memory data, models and batch size:
+Three ratios, measured in one process on the same in-memory data, models and batch size:
   1. kdlab's KD training step / a minimal hand-written PyTorch KD loop doing the same work
      (teacher in inference mode, CE + tau^2-scaled KL, SGD) — the engine's overhead (goal <= 1.05);
-  2. kdlab's KD step / kdlab's plain CE step — the price of distillation itself.
-Runs alternate (A B A B ...) and per-step medians are compared, so drift on a busy machine
-affects both sides alike.
+  2. kdlab's KD step / kdlab's plain CE step — the price of distillation itself;
+  3. kdlab's KD step with the teacher's logits read from a teacher-output cache / kdlab's CE
+     step — what is left of that price once the teacher's forward pass is paid once (goal <= 1.05).
+Runs alternate (A B A B ...) and the median of the per-repeat ratios is reported, so drift on a
+busy machine affects both sides alike.
 """
 
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -21,6 +24,8 @@ from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSp
 from kdlab.data.base import DataBundle, Split
 from kdlab.seeding import seed_everything
 from kdlab.engine.trainer import Trainer, TrainSetup
+from kdlab.knowledge.cached import CachedTeacher
+from kdlab.store import tensorcache
 from kdlab.stages.building import build_methods, method_context
 from kdlab.registry import MODELS
 from kdlab.tasks.classification import Classification
@@ -55,7 +60,21 @@ def _models(s: BenchSetup):
     return teacher, student
 
 
-def kdlab_step_times(s: BenchSetup, methods: list[MethodSpec]) -> list[float]:
+def teacher_cache(s: BenchSetup, where: str) -> CachedTeacher:
+    """The bench teacher's logits on the bench data, stored once (as `teacher.cache` does)."""
+    data = _data(s)
+    teacher, _ = _models(s)
+    x = data.train["x"]
+
+    def compute(a: int, b: int) -> dict:
+        with torch.inference_mode():
+            return {"logits": teacher(x[a:b]).numpy()}
+
+    cache = tensorcache.build(where, {"bench": True}, len(x), s.batch_size, compute, {"samples": len(x), "views": 0})
+    return CachedTeacher(cache, torch.device("cpu"))
+
+
+def kdlab_step_times(s: BenchSetup, methods: list[MethodSpec], cache: CachedTeacher | None = None) -> list[float]:
     """Per-step seconds of one epoch of kdlab's real training loop (evaluation excluded)."""
     data = _data(s)
     teacher, student = _models(s)
@@ -66,7 +85,8 @@ def kdlab_step_times(s: BenchSetup, methods: list[MethodSpec]) -> list[float]:
     ms, ws = build_methods(methods, method_context(data, student, teachers, 1, device, task))
     spec = TrainSpec(epochs=1, optimizer=OptimizerSpec(name="sgd", lr=0.01), schedule=ScheduleSpec(name="constant"))
     trainer = Trainer(TrainSetup(student=student, methods=ms, weights=ws, teachers=teachers, data=data, task=task,
-                                 train=spec, batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device))
+                                 train=spec, batch_size=s.batch_size, eval_batch_size=256, seed=0, device=device,
+                                 teacher_caches=[cache] if cache is not None else []))
     res = trainer.fit()
     return [res.history[0]["train_time"] / s.steps]
 
@@ -102,17 +122,27 @@ def run(s: BenchSetup | None = None, log=print) -> dict[str, float]:
     s = s or BenchSetup()
     kd = [MethodSpec(name="ce", weight=0.5), MethodSpec(name="kd", weight=0.5, tau=s.tau)]
     ce = [MethodSpec(name="ce")]
-    times: dict[str, list[float]] = {"kdlab_kd": [], "hand_kd": [], "kdlab_ce": []}
+    times: dict[str, list[float]] = {"kdlab_kd": [], "hand_kd": [], "kdlab_ce": [], "cached_kd": []}
     handwritten_step_times(s)  # warm-up: allocator, kernels
-    for r in range(s.repeats):
-        times["hand_kd"] += handwritten_step_times(s)
-        times["kdlab_kd"] += kdlab_step_times(s, kd)
-        times["kdlab_ce"] += kdlab_step_times(s, ce)
-        log(f"  repeat {r + 1}/{s.repeats}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f} ms" for k, v in times.items()))
+    with tempfile.TemporaryDirectory() as where:
+        cache = teacher_cache(s, where)
+        for r in range(s.repeats):
+            times["hand_kd"] += handwritten_step_times(s)
+            times["kdlab_kd"] += kdlab_step_times(s, kd)
+            times["kdlab_ce"] += kdlab_step_times(s, ce)
+            times["cached_kd"] += kdlab_step_times(s, kd, cache)
+            log(f"  repeat {r + 1}/{s.repeats}: " + ", ".join(f"{k} {v[-1] * 1e3:.1f} ms" for k, v in times.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(a: str, b: str) -> float:
+        # The median of each repeat's own ratio: both sides of a ratio ran back to back, so load
+        # that drifts between repeats on a shared machine cancels out.
+        return statistics.median(x / y for x, y in zip(times[a], times[b]))
+
     return {
         **{f"{k}_ms": v * 1e3 for k, v in med.items()},
-        "engine_overhead_ratio": med["kdlab_kd"] / med["hand_kd"],
-        "kd_over_ce_ratio": med["kdlab_kd"] / med["kdlab_ce"],
+        "engine_overhead_ratio": ratio("kdlab_kd", "hand_kd"),
+        "kd_over_ce_ratio": ratio("kdlab_kd", "kdlab_ce"),
+        "cached_kd_over_ce_ratio": ratio("cached_kd", "kdlab_ce"),
         "threads": torch.get_num_threads(),
     }

@@ -1,4 +1,4 @@
-"""`kdlab bench [step|methods|lm-loss]`: speed and memory benchmarks, reported as ratios measured in one run."""
+"""`kdlab bench [step|methods|lm-loss|loader|epoch]`: speed and memory benchmarks, reported as ratios measured in one run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from kdlab.report.tables import rich_table
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: engine step overhead (step), per-method cost (methods), "
-                                     "chunked vs naive LM divergence (lm-loss)")
-    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss"])
+                                     "chunked vs naive LM divergence (lm-loss), streamed vs in-memory data (loader), "
+                                     "time outside the steps (epoch)")
+    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch"])
     # Defaults depend on the benchmark: step resnet32->resnet8, 20 steps x 3; methods resnet20->resnet8, 10 x 2.
     p.add_argument("--teacher", default=None)
     p.add_argument("--student", default=None)
@@ -22,6 +23,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokens", type=int, default=512, help="lm-loss: tokens per sequence")
     p.add_argument("--chunk-tokens", type=int, default=None, help="lm-loss: tokens per chunk (default: automatic)")
     p.add_argument("--divergences", default=None, help="lm-loss: comma-separated (default: all seven)")
+    p.add_argument("--every", type=positive_int, default=5, help="epoch: checkpoint_every and eval_every to compare with 1")
+    p.add_argument("--images", type=positive_int, default=2048, help="loader: images in the folder")
+    p.add_argument("--image-size", type=positive_int, default=32, help="loader: image side in pixels")
+    p.add_argument("--workers", default="0,1,2,4", help="loader: comma-separated worker counts to time")
     p.set_defaults(func=cmd_bench)
 
 
@@ -30,6 +35,10 @@ def cmd_bench(args) -> int:
         return cmd_bench_methods(args)
     if args.what == "lm-loss":
         return cmd_bench_lm_loss(args)
+    if args.what == "epoch":
+        return cmd_bench_epoch(args)
+    if args.what == "loader":
+        return cmd_bench_loader(args)
     args.batch_size = args.batch_size or 64
     args.teacher, args.student = args.teacher or "resnet32", args.student or "resnet8"
     args.steps, args.repeats = args.steps or 20, args.repeats or 3
@@ -44,10 +53,26 @@ def cmd_bench(args) -> int:
         ["hand-written KD step", f"{r['hand_kd_ms']:.1f} ms", "1.00"],
         ["kdlab KD step", f"{r['kdlab_kd_ms']:.1f} ms", f"{r['engine_overhead_ratio']:.3f}"],
         ["kdlab CE step", f"{r['kdlab_ce_ms']:.1f} ms", f"{r['kdlab_ce_ms'] / r['hand_kd_ms']:.3f}"],
+        ["kdlab KD step, teacher cached", f"{r['cached_kd_ms']:.1f} ms", f"{r['cached_kd_ms'] / r['hand_kd_ms']:.3f}"],
     ]
     console.print(rich_table(["step", "median time", "÷ hand-written KD"], rows, title="step time"))
     console.print(f"engine overhead (kdlab KD / hand-written KD): {r['engine_overhead_ratio']:.3f}   "
-                  f"distillation cost (kdlab KD / kdlab CE): {r['kd_over_ce_ratio']:.3f}")
+                  f"distillation cost (kdlab KD / kdlab CE): {r['kd_over_ce_ratio']:.3f}   "
+                  f"with the teacher cached (cached KD / kdlab CE): {r['cached_kd_over_ce_ratio']:.3f}")
+    return 0
+
+
+def cmd_bench_epoch(args) -> int:
+    from kdlab.bench.epoch_overhead import EpochSetup, run
+
+    d = EpochSetup()
+    s = EpochSetup(model=args.student or d.model, batch_size=args.batch_size or d.batch_size, steps=args.steps or d.steps,
+                   repeats=args.repeats or d.repeats, every=args.every)
+    console.print(f"time outside the training steps: {s.model}, {s.steps} steps of {s.batch_size} and {s.val} "
+                  f"validation samples per epoch, {s.epochs} epochs, {s.repeats} repeats")
+    r = run(s, log=console.print)
+    rows = [[f"checkpoint_every = eval_every = {k.split('_')[1]}", f"{100 * v:.1f}%"] for k, v in r.items()]
+    console.print(rich_table(["setting", "share of the run outside the steps (median)"], rows, title="epoch overhead"))
     return 0
 
 
@@ -114,4 +139,27 @@ def cmd_bench_lm_loss(args) -> int:
              for r in rows]
     console.print(rich_table(["divergence", "naive ms", "chunked ms", "time ÷ naive", "naive extra MiB",
                               "chunked extra MiB", "memory ÷ naive"], table, title="chunked vs naive"))
+    return 0
+
+
+def cmd_bench_loader(args) -> int:
+    from kdlab.bench.loader_throughput import LoaderSetup, run
+    from kdlab.errors import KdlabError
+
+    check_device(args.device)
+    try:
+        workers = [int(w) for w in args.workers.split(",") if w.strip()]
+    except ValueError:
+        workers = [-1]
+    if not workers or min(workers) < 0:
+        raise KdlabError(f"--workers takes comma-separated counts of 0 or more (got {args.workers!r})")
+    s = LoaderSetup(images=args.images, image=args.image_size, batch_size=args.batch_size or 64, workers=workers,
+                    student=args.student or "resnet8", device=args.device, repeats=args.repeats or 2)
+    console.print(f"loader: {s.images} PNG images {s.image}x{s.image}, batch {s.batch_size}, student {s.student}, "
+                  f"{s.device}, CPU threads {__import__('torch').get_num_threads()}, median of {s.repeats} epochs")
+    rows = run(s, log=lambda *a: None)
+    table = [[r["loader"], f"{r['read_samples_s']:.0f}", f"{r['train_samples_s']:.0f}", f"{r['epoch_ratio']:.2f}"]
+             for r in rows]
+    console.print(rich_table(["loader", "read alone (samples/s)", "feeding the step (samples/s)",
+                              "epoch ÷ in memory"], table, title="streamed vs in-memory data"))
     return 0

@@ -7,8 +7,8 @@ from collections import OrderedDict
 from rich.table import Table
 
 from kdlab.cli.common import console, positive_int
-from kdlab.errors import KdlabError
 from kdlab.report.stats import fmt, mean_std
+from kdlab.store import tensorcache
 from kdlab.store.runstore import RunStore
 
 
@@ -16,6 +16,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("runs", help="list the runs in the store")
     p.add_argument("--store", default=None)
     p.add_argument("--limit", type=positive_int, default=50)
+    p.add_argument("--caches", action="store_true", help="list the teacher-output caches instead, with their sizes")
     p.set_defaults(func=cmd_runs)
 
     c = sub.add_parser("compare", help="final and best metrics of runs side by side, mean ± std over seeds")
@@ -33,21 +34,42 @@ def _metric_keys(rows) -> list[str]:
     return keys
 
 
+def cmd_caches(store: RunStore) -> int:
+    caches = list(tensorcache.list_caches(store.root / "cache"))
+    if not caches:
+        console.print(f"no teacher-output caches in {store.root / 'cache'}")
+        return 0
+    table = Table(title=f"teacher-output caches in {store.root / 'cache'}")
+    for col in ("key", "teacher", "rows", "views", "fields", "dtype", "size", "status"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("size", "status", "rows", "views"))
+    for path, m, complete in caches:
+        made = m["made_from"]
+        table.add_row(path.name, m.get("teacher", ""), str(m["rows"]), str(m.get("views", 0)),
+                      ", ".join(m["fields"]), made.get("dtype", "") + (f" top-{made['topk']}" if made.get("topk") else ""),
+                      tensorcache.human_size(tensorcache.size_bytes(path)), "complete" if complete else "partial")
+    console.print(table)
+    return 0
+
+
 def cmd_runs(args) -> int:
     store = RunStore(args.store)
+    if args.caches:
+        return cmd_caches(store)
     rows = store.rows(limit=args.limit)
     if not rows:
         console.print(f"no runs in {store.root}")
         return 0
-    table = Table(title=f"runs in {store.root}")
-    # The id starts with its creation time; `kdlab compare` takes unique id prefixes.
-    table.add_column("id", overflow="fold", ratio=3)
-    for col in ("kind", "seed", "status", "epochs", "metric", "test (last epoch)", "test (best-val epoch)"):
-        table.add_column(col, ratio=1, no_wrap=col == "status")
+    table = Table(title=f"runs in {store.root}", caption="last / best-val: the test score at the last and at the "
+                  "best-validation epoch")
+    # The id holds creation time, config, variant, kind and seed (`ss0`: student seed 0);
+    # `kdlab compare` takes unique id prefixes.
+    table.add_column("id", overflow="fold", min_width=20)
+    for col in ("status", "epochs", "metric", "last", "best-val"):
+        table.add_column(col, no_wrap=True)
     for r in rows:
         s, metric = r["summary"], r["metric"] or ""  # the task's primary metric, stored with the run
         table.add_row(
-            r["id"], r["kind"], str(r["seed"]), r["status"], str(s.get("epochs", "")), metric,
+            r["id"], r["status"], str(s.get("epochs", "")), metric,
             fmt(s[f"test_{metric}"]) if f"test_{metric}" in s else "",
             fmt(r["score"]) if r["score"] is not None else "",
         )
@@ -56,16 +78,7 @@ def cmd_runs(args) -> int:
 
 
 def resolve_ids(store: RunStore, given: list[str]) -> list[dict]:
-    every = store.rows()
-    out = []
-    for g in given:
-        hits = [r for r in every if r["id"] == g] or [r for r in every if r["id"].startswith(g)]
-        if not hits:
-            raise KdlabError(f"no run '{g}' in {store.root}; `kdlab runs` lists them")
-        if len(hits) > 1:
-            raise KdlabError(f"'{g}' matches {len(hits)} runs ({hits[0]['id']}, {hits[1]['id']}, …); give more of the id")
-        out.append(hits[0])
-    return out
+    return [store.resolve(g) for g in given]
 
 
 def cmd_compare(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
@@ -61,6 +61,21 @@ class HFSpec(Strict):
         return self
 
 
+class InitFromTeacherSpec(Strict):
+    """DistilBERT-style initialisation of a Hugging Face student from its teacher: embeddings
+    and the other shared weights, the chosen teacher layers (`every_other`: 0, 2, 4, ...; or a
+    list of indices) as the student's layers in order, and the head where its shapes match."""
+
+    layers: Union[Literal["every_other"], list[Annotated[Int, Field(ge=0)]]] = "every_other"
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, v):
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError(f"init_from_teacher.layers lists distinct teacher layer indices (got {v})")
+        return v
+
+
 class ModelSpec(Strict):
     """One source of the model, exactly one of: `name` (kdlab's zoo, `params` its arguments),
     `import` ('package.module:callable' returning an nn.Module, `params` its arguments) or
@@ -75,9 +90,14 @@ class ModelSpec(Strict):
     num_classes: Optional[Int] = Field(None, ge=1)
     # Initial weights: a .safetensors file, a kdlab checkpoint or state dict, or a Hugging Face folder.
     weights: Optional[str] = None
+    # A Hugging Face student initialised from its teacher's own layers (DistilBERT-style).
+    init_from_teacher: Optional[InitFromTeacherSpec] = None
 
     @model_validator(mode="after")
     def _check(self):
+        if self.init_from_teacher is not None and (self.hf is None or self.weights):
+            raise ValueError("init_from_teacher copies a Hugging Face teacher's layers into an hf student: it needs "
+                             "an hf source and no weights")
         given = [k for k, v in (("name", self.name), ("import", self.import_), ("hf", self.hf)) if v is not None]
         if len(given) != 1:
             raise ValueError("a model section needs exactly one source: name (kdlab's zoo), import "
@@ -98,7 +118,8 @@ class ModelSpec(Strict):
         # Unset sources and weights are left out, so a zoo model's record (and the hashes that
         # group runs and find stored teachers) reads as it did before they existed.
         out = handler(self)
-        return {k: v for k, v in out.items() if v is not None or k not in ("name", "import", "import_", "hf", "weights")}
+        return {k: v for k, v in out.items() if v is not None or k not in ("name", "import", "import_", "hf", "weights",
+                                                                         "init_from_teacher")}
 
     @property
     def source(self) -> str:
@@ -119,12 +140,25 @@ class DataSpec(Strict):
     # Keep a seeded, stratified fraction of the training split (val and test are untouched):
     # e.g. a student distilled on a small transfer set from a teacher trained on all of it.
     train_fraction: Float = Field(1.0, gt=0, le=1)
+    # Read samples on demand by worker processes (true), hold the data in memory (false), or
+    # stream when the data is larger than memory_budget (GB; default a quarter of the RAM).
+    stream: Union[bool, Literal["auto"]] = "auto"
+    workers: Int = Field(2, ge=0)  # loader processes of a streamed split
+    memory_budget: Optional[Float] = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self):
         entry = _lookup(DATASETS, self.name)
         self.params = validate_params(entry.obj, self.params, f"dataset '{self.name}'")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # How the data is read changes no sample: left out at their defaults, so records and
+        # the hashes that find stored teachers read as before they existed.
+        out = handler(self)
+        defaults = {"stream": "auto", "workers": 2, "memory_budget": None}
+        return {k: v for k, v in out.items() if k not in defaults or v != defaults[k]}
 
 
 class MethodSpec(BaseModel):
@@ -191,6 +225,12 @@ class ScheduleSpec(Strict):
         return v
 
 
+def omit_defaults(out: dict, defaults: dict) -> dict:
+    """A dump without the fields newer than the stores in use while they keep their defaults,
+    so the hashes that group runs and find stored teachers read as they did before them."""
+    return {k: v for k, v in out.items() if k not in defaults or v != defaults[k]}
+
+
 class TrainSpec(Strict):
     epochs: Int = Field(10, ge=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
@@ -198,10 +238,35 @@ class TrainSpec(Strict):
     grad_clip: Optional[Float] = Field(None, gt=0)
     amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    # Write the full (resumable) checkpoint every N epochs and at the last; a resumed run
+    # replays the epochs after the last one written, exactly.
+    checkpoint_every: Int = Field(1, ge=1)
+    # Validate every N epochs and at the last; the best model is chosen among validated epochs.
+    eval_every: Int = Field(1, ge=1)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1})
 
 
 def _default_methods() -> list[MethodSpec]:
     return [MethodSpec(name="ce")]
+
+
+class CacheSpec(Strict):
+    """The teacher's outputs on the training data, computed once and reused by every student,
+    method, variant and seed (`kdlab.stages.teacher_cache`). `cache: true` takes the defaults."""
+
+    # 0: the data is not augmented and the cache is exact. K >= 1: K augmented views of each
+    # training sample, drawn once (seeded by `seed`); each epoch a sample is shown in one of them.
+    views: Int = Field(0, ge=0)
+    seed: Int = 0
+    # float32 reproduces the uncached run bit for bit; float16 halves the size (and rounds).
+    dtype: Literal["float32", "float16"] = "float32"
+    # Keep only the k largest logits per output (+ the remaining log-mass): for many classes.
+    topk: Optional[Int] = Field(None, ge=1)
+    # Where to keep it (default: <store>/cache/<key>); one made from anything else is refused.
+    path: Optional[str] = None
 
 
 class TeacherSpec(Strict):
@@ -214,6 +279,16 @@ class TeacherSpec(Strict):
     # How the teacher itself is trained; default: the task's supervised loss (ce, or bpr for ranking).
     methods: Optional[list[MethodSpec]] = None
     seed: Optional[Int] = None  # default: the experiment's first seed
+    cache: Optional[CacheSpec] = None  # reuse the teacher's outputs across students (see CacheSpec)
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_flag(cls, v):
+        return ({} if v else None) if isinstance(v, bool) else v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return omit_defaults(handler(self), {"cache": None})
 
 
 class PipelineSpec(BaseModel):
@@ -287,13 +362,20 @@ class Experiment(Strict):
                     f"teacher {i} ({t.model.source}) predicts {n or 'the data’s'} classes but the student "
                     f"predicts {s or 'the data’s'}: teacher and student must share the label set"
                 )
+        if self.student.init_from_teacher is not None and self.teacher is None:
+            raise ValueError("student.init_from_teacher copies the layers of one teacher: add a `teacher:` section "
+                             "(not `teachers`)")
+        if any(t.model.init_from_teacher is not None for t in self.all_teachers()):
+            raise ValueError("init_from_teacher is an option of the student's model section, not a teacher's")
         needing = [m.name for ms in self.method_sets().values() for m in ms if needs_teacher(m)]
         if needing and not self.all_teachers():
             raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
         return self
 
     def uses_teacher(self) -> bool:
-        return any(needs_teacher(m) for ms in self.method_sets().values() for m in ms)
+        """Whether a method reads a teacher or the student is initialised from one."""
+        return self.student.init_from_teacher is not None or any(
+            needs_teacher(m) for ms in self.method_sets().values() for m in ms)
 
     def all_teachers(self) -> list[TeacherSpec]:
         return [self.teacher] if self.teacher is not None else list(self.teachers)

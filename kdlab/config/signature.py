@@ -12,13 +12,14 @@ from kdlab.config.numbers import refuse_bools
 from kdlab.errors import suggest
 
 # Filled in by the engine (or by the data's `model_args`), never by the user.
-RESERVED = ("num_classes", "input_shape", "seed", "num_users", "num_items", "vocab_size", "adjacency")
+RESERVED = ("num_classes", "input_shape", "seed", "num_users", "num_items", "vocab_size", "adjacency", "stream")
 
 
 @lru_cache(maxsize=None)
 def params_model(fn: Callable) -> type[BaseModel]:
     fields = {}
-    for name, p in inspect.signature(fn).parameters.items():
+    # eval_str: string annotations (`from __future__ import annotations`) resolved in fn's module
+    for name, p in inspect.signature(fn, eval_str=True).parameters.items():
         if name in RESERVED or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         ann = Any if p.annotation is inspect.Parameter.empty else p.annotation

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kdlab.data.base import Split, check_classes, split_arrays
+from kdlab.data.base import Split, check_classes, check_split_sizes, split_arrays, split_indices
 from kdlab.errors import KdlabError
 
 
@@ -42,6 +42,20 @@ def split_train_val(
         return train, None
     train, _, val = split_arrays(x, y, seed, val_fraction=0.0, test_fraction=val_fraction,
                                  names=("train", "unused", "val"))
+    return train, val
+
+
+def train_val_indices(y: np.ndarray, seed: int, val_fraction: float) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The sample indices of `split_train_val`'s two splits (with its checks)."""
+    check_fractions(val_fraction)
+    if val_fraction == 0:
+        idx = np.random.default_rng(seed).permutation(len(y))
+        check_classes(Split({"y": torch.as_tensor(y[idx])}))
+        return idx, None
+    train, _, val = split_indices(y, seed, 0.0, val_fraction)
+    sizes = {"train": Split({"y": torch.as_tensor(y[train])}), "val": Split({"y": torch.as_tensor(y[val])})}
+    check_split_sizes(sizes, {"train": None, "val": val_fraction}, len(y), True)
+    check_classes(sizes["train"])
     return train, val
 
 

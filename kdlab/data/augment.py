@@ -79,16 +79,23 @@ def to_unit_float(x: Tensor) -> Tensor:
     return x.float() / 255 if x.dtype == torch.uint8 else x.float()
 
 
-def channel_stats(x: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of a uint8 image tensor (N, C, H, W), on [0, 1] pixels."""
-    c = x.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for start in range(0, len(x), chunk):
-        part = to_unit_float(x[start : start + chunk]).double()
-        total += part.sum(dim=(0, 2, 3))
-        total_sq += (part * part).sum(dim=(0, 2, 3))
-    count = max(1, x.shape[0] * x.shape[2] * x.shape[3])
+STATS_CHUNK = 4096
+
+
+def channel_stats(x, chunk: int = STATS_CHUNK) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of a uint8 image tensor (N, C, H, W), on [0, 1] pixels; `x`
+    may also be an iterable of consecutive chunks of STATS_CHUNK images (a streamed split)."""
+    parts = (x[start : start + chunk] for start in range(0, len(x), chunk)) if isinstance(x, Tensor) else x
+    total = total_sq = None
+    count = 0
+    for part in parts:
+        part = to_unit_float(part).double()
+        s, sq = part.sum(dim=(0, 2, 3)), (part * part).sum(dim=(0, 2, 3))
+        total, total_sq = (s, sq) if total is None else (total + s, total_sq + sq)
+        count += part.shape[0] * part.shape[2] * part.shape[3]
+    if total is None:
+        total = total_sq = torch.zeros(x.shape[1] if isinstance(x, Tensor) else 3, dtype=torch.float64)
+    count = max(1, count)
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
     return tuple(mean.tolist()), tuple(std.tolist())

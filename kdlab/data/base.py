@@ -43,6 +43,10 @@ class Split:
     def subset(self, index: Tensor) -> "Split":
         return Split({k: v[index] for k, v in self.tensors.items()})
 
+    def head(self, n: int) -> dict[str, Tensor]:
+        """The first n samples as a batch (unprepared)."""
+        return {k: v[:n] for k, v in self.tensors.items()}
+
 
 @dataclass
 class DataBundle:
@@ -72,19 +76,12 @@ class DataBundle:
         )
 
 
-def split_arrays(
-    x: np.ndarray,
-    y: np.ndarray,
-    seed: int,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    extra: Optional[dict[str, np.ndarray]] = None,
-    stratify: bool = True,
-    names: tuple[str, str, str] = ("train", "val", "test"),
-) -> tuple[Split, Split, Split]:
-    """Seeded, stratified train/val/test split of arrays into tensor splits. KdlabError when
-    a split with a fraction above 0 (or train) is empty, or, stratified, train has one class;
-    `names` name the three splits in that message."""
+def split_indices(
+    y: np.ndarray, seed: int, val_fraction: float = 0.1, test_fraction: float = 0.2, stratify: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (stratified by `y`) train/val/test sample indices, each split in shuffled order.
+    The split of `split_arrays`, also used by the streamed sources so that streaming and
+    in-memory runs see the same samples in the same places."""
     n = len(y)
     if not 0 <= val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in [0, 1) and sum below 1")
@@ -98,17 +95,33 @@ def split_arrays(
         idx_test.append(g[:n_test])
         idx_val.append(g[n_test : n_test + n_val])
         idx_train.append(g[n_test + n_val :])
+    order = (rng.permutation(np.concatenate(p)) if p else np.arange(0) for p in (idx_train, idx_val, idx_test))
+    return tuple(order)  # type: ignore[return-value]
 
-    def make(parts):
-        idx = rng.permutation(np.concatenate(parts)) if parts else np.arange(0)
+
+def split_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    extra: Optional[dict[str, np.ndarray]] = None,
+    stratify: bool = True,
+    names: tuple[str, str, str] = ("train", "val", "test"),
+) -> tuple[Split, Split, Split]:
+    """Seeded, stratified train/val/test split of arrays into tensor splits. KdlabError when
+    a split with a fraction above 0 (or train) is empty, or, stratified, train has one class;
+    `names` name the three splits in that message."""
+
+    def make(idx):
         tensors = {"x": torch.as_tensor(x[idx]), "y": torch.as_tensor(y[idx]).long()}
         for k, v in (extra or {}).items():
             tensors[k] = torch.as_tensor(v[idx])
         return Split(tensors)
 
-    train, val, test = make(idx_train), make(idx_val), make(idx_test)
+    train, val, test = (make(i) for i in split_indices(y, seed, val_fraction, test_fraction, stratify))
     fractions = {names[0]: None, names[1]: val_fraction, names[2]: test_fraction}
-    check_split_sizes({names[0]: train, names[1]: val, names[2]: test}, fractions, n, stratify)
+    check_split_sizes({names[0]: train, names[1]: val, names[2]: test}, fractions, len(y), stratify)
     if stratify:
         check_classes(train, names[0])
     return train, val, test

@@ -11,6 +11,11 @@ def cut_batch(split: Split, index: Tensor, prepare=None, augment=None, generator
     """Samples `index` of a split as a batch: every tensor indexed, `x` prepared and augmented."""
     batch = {k: v[index] for k, v in split.tensors.items()}
     batch["index"] = index
+    return finish_batch(batch, prepare, augment, generator)
+
+
+def finish_batch(batch: dict[str, Tensor], prepare=None, augment=None, generator=None) -> dict[str, Tensor]:
+    """`x` of a batch on its device prepared, then augmented with the generator (whole batch)."""
     if "x" in batch:
         x = batch["x"]
         if prepare is not None:

@@ -1,4 +1,4 @@
-"""Images from a local folder with one sub-folder per class, loaded into memory.
+"""Images from a local folder with one sub-folder per class, loaded into memory or streamed.
 
     path/<class name>/<image>.{png,jpg,jpeg,bmp,webp}
 
@@ -6,6 +6,8 @@ Every image is converted to RGB and resized (bilinear) to image_size x image_siz
 whole set is held as a uint8 (N, 3, S, S) tensor. `prepare` standardises per channel with
 the mean/std of the training split (or the ImageNet values), `augment` is random crop with
 padding S/8 + horizontal flip, as for CIFAR. Class indices follow the sorted folder names.
+Streamed (`data.stream`), each image is decoded when a loader worker reads it; the splits, the
+normalisation statistics and the batches are the same as in memory.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import numpy as np
 import torch
 
 from kdlab.data._common import check_fractions, split_train_val
-from kdlab.data.augment import IMAGENET_MEAN, IMAGENET_STD, channel_stats, crop_flip, normalize
-from kdlab.data.base import DataBundle, Split, split_arrays
+from kdlab.data._common import train_val_indices
+from kdlab.data.augment import IMAGENET_MEAN, IMAGENET_STD, STATS_CHUNK, channel_stats, crop_flip, normalize
+from kdlab.data.base import DataBundle, Split, check_classes, check_split_sizes, split_arrays, split_indices
+from kdlab.data.stream import SampleSource, StreamSplit
 from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS
 
@@ -73,6 +77,65 @@ def load_image(file: Path, size: int) -> np.ndarray:
     return arr.transpose(2, 0, 1)
 
 
+class FolderSource(SampleSource):
+    """Image files decoded one by one (in the loader's workers when streamed)."""
+
+    def __init__(self, files: list[Path], labels: np.ndarray, size: int):
+        self.files, self.labels, self.size = files, labels, size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, i: int) -> dict[str, torch.Tensor]:
+        x = np.ascontiguousarray(load_image(self.files[i], self.size))  # a writable copy of PIL's pixels
+        return {"x": torch.from_numpy(x), "y": torch.tensor(int(self.labels[i]))}
+
+    def nbytes(self) -> int:
+        return len(self.files) * (3 * self.size * self.size + 8)
+
+
+def folder_source(classes: dict[str, list[Path]], class_index: dict[str, int], size: int) -> FolderSource:
+    files = [(f, class_index[name]) for name, fs in classes.items() for f in fs]
+    return FolderSource([f for f, _ in files], np.array([c for _, c in files], dtype=np.int64), size)
+
+
+def streamed_splits(path: str, test_path: Optional[str], classes, index, seed: int, size: int,
+                    val_fraction: float, test_fraction: float) -> tuple[StreamSplit, StreamSplit, StreamSplit, dict]:
+    """The in-memory path's splits as index arrays over the (undecoded) files."""
+    source = folder_source(classes, index, size)
+    meta: dict = {}
+    if test_path is None:
+        parts = split_indices(source.labels, seed, val_fraction, test_fraction)
+        splits = [StreamSplit(source, i) for i in parts]
+        check_split_sizes(dict(zip(("train", "val", "test"), splits)),
+                          {"train": None, "val": val_fraction, "test": test_fraction}, len(source), True)
+        check_classes(Split({"y": torch.as_tensor(source.labels[parts[0]])}))
+        return (*splits, meta)
+    train_idx, val_idx = train_val_indices(source.labels, seed, val_fraction)
+    test = StreamSplit(folder_source(test_classes_of(path, test_path, index), index, size))
+    val = test if val_idx is None else StreamSplit(source, val_idx)
+    if val_idx is None:
+        meta["val_is_test"] = True
+    return StreamSplit(source, train_idx), val, test, meta
+
+
+def test_classes_of(path: str, test_path: str, index: dict[str, int]) -> dict[str, list[Path]]:
+    test_classes = list_classes(test_path, what="test_path")
+    unknown = sorted(set(test_classes) - set(index))
+    if unknown:
+        raise KdlabError(
+            f"test_path '{test_path}' has class folders not in '{path}': {', '.join(unknown)};"
+            " the test classes must be among the training classes"
+        )
+    return test_classes
+
+
+def image_chunks(split: StreamSplit):
+    """A streamed split's images in consecutive chunks of STATS_CHUNK (for channel_stats)."""
+    for a in range(0, len(split), STATS_CHUNK):
+        yield torch.stack([split.sample(j)["x"] for j in range(a, min(a + STATS_CHUNK, len(split)))])
+
+
 def load_folder(
     classes: dict[str, list[Path]], class_index: dict[str, int], size: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +161,7 @@ def build_imagefolder(
     test_fraction: float = 0.2,
     augment: bool = True,
     normalization: Literal["train", "imagenet"] = "train",
+    stream=None,
 ) -> DataBundle:
     """Without test_path: seeded, stratified train/val/test split of `path`. With it: its
     images are the test split and val is carved from `path` (val_fraction=0: val is the test
@@ -108,26 +172,20 @@ def build_imagefolder(
     classes = list_classes(path)
     class_names = sorted(classes)
     index = {name: i for i, name in enumerate(class_names)}
-    x, y = load_folder(classes, index, image_size)
-    meta: dict = {"path": str(path)}
-    if test_path is None:
-        train, val, test = split_arrays(x, y, seed, val_fraction, test_fraction)
+    n_files = sum(len(fs) for fs in classes.values())
+    if stream is not None and stream(n_files * (3 * image_size * image_size + 8)):
+        train, val, test, meta = streamed_splits(path, test_path, classes, index, seed, image_size,
+                                                 val_fraction, test_fraction)
+        meta.update(path=str(path), streamed=True)
+        if test_path is not None:
+            meta["test_path"] = str(test_path)
+        stats = image_chunks(train)
     else:
-        test_classes = list_classes(test_path, what="test_path")
-        unknown = sorted(set(test_classes) - set(index))
-        if unknown:
-            raise KdlabError(
-                f"test_path '{test_path}' has class folders not in '{path}': {', '.join(unknown)};"
-                " the test classes must be among the training classes"
-            )
-        x_test, y_test = load_folder(test_classes, index, image_size)
-        train, val = split_train_val(x, y, seed, val_fraction)
-        test = Split({"x": torch.from_numpy(x_test), "y": torch.from_numpy(y_test)})
-        if val is None:
-            val, meta["val_is_test"] = test, True
-        meta["test_path"] = str(test_path)
+        train, val, test, meta = loaded_splits(path, test_path, classes, index, seed, image_size,
+                                               val_fraction, test_fraction)
+        stats = train["x"]
     if normalization == "train":
-        mean, std = channel_stats(train["x"])
+        mean, std = channel_stats(stats)
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     meta.update(mean=mean, std=std)
@@ -142,3 +200,20 @@ def build_imagefolder(
         augment=partial(crop_flip, padding=max(1, image_size // 8)) if augment else None,
         meta=meta,
     )
+
+
+def loaded_splits(path, test_path, classes, index, seed, image_size, val_fraction, test_fraction):
+    """Every image decoded up front into in-memory splits."""
+    x, y = load_folder(classes, index, image_size)
+    meta: dict = {"path": str(path)}
+    if test_path is None:
+        train, val, test = split_arrays(x, y, seed, val_fraction, test_fraction)
+    else:
+        test_classes = test_classes_of(path, test_path, index)
+        x_test, y_test = load_folder(test_classes, index, image_size)
+        train, val = split_train_val(x, y, seed, val_fraction)
+        test = Split({"x": torch.from_numpy(x_test), "y": torch.from_numpy(y_test)})
+        if val is None:
+            val, meta["val_is_test"] = test, True
+        meta["test_path"] = str(test_path)
+    return train, val, test, meta

@@ -102,14 +102,20 @@ def text_dataset(
     return lm_bundle(text, f"text '{path}'", seq_len, max_vocab, min_freq, lowercase, val_fraction, test_fraction, max_tokens)
 
 
-def pydoc_text() -> str:
-    """CPython's English reference text (`pydoc_data.topics`, ~0.5 MB), topics in name order."""
+def pydoc_topic_texts() -> dict[str, str]:
+    """CPython's English reference text (`pydoc_data.topics`, ~0.5 MB): topic name -> text."""
     try:
         from pydoc_data.topics import topics
     except ImportError:  # some distributions strip it
         raise KdlabError(
-            "pydoc dataset: this Python has no pydoc_data.topics; use the `text` dataset with a local file."
+            "pydoc datasets: this Python has no pydoc_data.topics; use the `text` (or `npz`) dataset with a local file."
         ) from None
+    return dict(topics)
+
+
+def pydoc_text() -> str:
+    """The pydoc reference text, topics in name order."""
+    topics = pydoc_topic_texts()
     return "\n".join(topics[k] for k in sorted(topics))
 
 

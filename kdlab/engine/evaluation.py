@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.engine import distributed as D
-from kdlab.engine.loader import TensorLoader
+from kdlab.engine.loader import make_loader
 
 
 def evaluate(model: nn.Module, split, task, prepare=None, batch_size: int = 1024, autocast=None) -> dict[str, float]:
@@ -18,7 +18,8 @@ def evaluate(model: nn.Module, split, task, prepare=None, batch_size: int = 1024
     was_training = model.training
     model.eval()
     sums: dict[str, Tensor] = {}
-    loader = TensorLoader(split, batch_size, prepare=prepare, rank=env.rank, world=env.world)
+    device = next(model.parameters(), torch.empty(0)).device  # where a streamed split's batches go
+    loader = make_loader(split, batch_size, device=device, prepare=prepare, rank=env.rank, world=env.world)
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         for batch in loader:
             for k, v in task.eval_batch(model, batch).items():

@@ -25,7 +25,7 @@ from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import FORMAT, load_model_state, read_resumable
 from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.loader import TensorLoader
+from kdlab.engine.loader import TensorLoader, make_loader
 from kdlab.engine.module import DistillModule, teacher_outputs
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
 from kdlab.errors import KdlabError
@@ -67,6 +67,11 @@ class TrainSetup:
     teachers: list[nn.Module] = field(default_factory=list)
     label: str = "student"
     arch: dict = field(default_factory=dict)
+    # Per teacher, None or an object answering `teacher_outputs(batch)` for the batches it
+    # `holds` (a teacher-output cache) instead of the teacher's forward pass.
+    teacher_caches: list[Any] = field(default_factory=list)
+    # Stored augmented views handed to the student instead of online augmentation (TensorLoader).
+    views: Optional[Any] = None
 
 
 @dataclass
@@ -108,6 +113,7 @@ class Trainer:
         start = self._resume(resume_from) if resume_from else 0
         epochs = self.spec.epochs
         last = min(epochs, stop_after_epoch) if stop_after_epoch else epochs
+        self.stop_epoch = last - 1  # a stop asked for writes its checkpoint, whatever checkpoint_every says
         total = sum(self.curriculum.steps(e) for e in range(start, last))
         self.bar = self.progress.task(self.setup.label, total=total) if self.progress and total else None
         try:
@@ -214,7 +220,7 @@ class Trainer:
         train_terms = self._reduce(epoch, sums, steps)
         # Non-loss statistics a method measured during the epoch (e.g. an inconsistency rate).
         method_metrics = {k: v for m in self.methods for k, v in m.epoch_metrics().items()}
-        val = self.curriculum.validate(epoch)
+        val = self.curriculum.validate(epoch) if self._due(epoch, self.spec.eval_every) else {}
         record = {
             "epoch": epoch,
             "lr": self.opt.param_groups[0]["lr"],
@@ -249,9 +255,14 @@ class Trainer:
             self.best = {"epoch": epoch, **{f"val_{k}": v for k, v in val.items()}}
             self.best_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
             self._save("best", epoch, history, full=False)
-        self._save("last", epoch, history, full=True)
+        if self._due(epoch, self.spec.checkpoint_every) or epoch == self.stop_epoch:
+            self._save("last", epoch, history, full=True)
         if self.recorder is not None:
             self.recorder.log(record)
+
+    def _due(self, epoch: int, every: int) -> bool:
+        """Every `every` epochs, and always at the last."""
+        return (epoch + 1) % every == 0 or epoch + 1 == self.spec.epochs
 
     def _save(self, name: str, epoch: int, history: list[dict], full: bool) -> None:
         if self.recorder is None:
@@ -290,12 +301,17 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def loader(self, split, shuffle: bool, augment: bool, seed: Optional[int] = None) -> TensorLoader:
-        return TensorLoader(split, self.setup.batch_size, shuffle=shuffle,
-                            seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
-                            augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world)
+        views = {"views": self.setup.views} if augment and self.setup.views is not None else {}
+        return make_loader(split, self.setup.batch_size, device=self.device, augment_samples=augment, shuffle=shuffle,
+                           seed=self.setup.seed if seed is None else seed, prepare=self.data.prepare,
+                           augment=self.data.augment if augment else None, rank=self.env.rank, world=self.env.world,
+                           **views)
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> list[Outputs]:
-        return [teacher_outputs(self.task, t, tap, batch, self.autocast()) for t, tap in zip(self.teachers, self.teacher_taps)]
+        caches = self.setup.teacher_caches or [None] * len(self.teachers)
+        return [c.teacher_outputs(batch) if c is not None and c.holds(batch)
+                else teacher_outputs(self.task, t, tap, batch, self.autocast())
+                for t, tap, c in zip(self.teachers, self.teacher_taps, caches)]
 
     def evaluate(self, model: nn.Module, split) -> dict[str, float]:
         return evaluate(model, split, self.task, self.data.prepare, self.setup.eval_batch_size, self.autocast())

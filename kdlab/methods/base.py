@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from kdlab.knowledge.outputs import Outputs  # noqa: F401  (part of the method contract)
+from kdlab.errors import KdlabError
 from kdlab.registry import METHODS
 
 
@@ -108,7 +109,13 @@ def register_method(name: str, description: str, reference: str = ""):
     return deco
 
 
-def one_teacher(teachers: list[Outputs]) -> Outputs:
+def need_teachers(method: str, teachers: list[Outputs]) -> list[Outputs]:
+    """The one check that a method got its teacher(s); configs refuse a method that needs one
+    without a `teacher:` section, so this fires only when a method is used from code."""
     if not teachers:
-        raise RuntimeError("this method needs a teacher, but none was given")
-    return teachers[0]
+        raise KdlabError(f"method '{method}' needs a teacher: add a `teacher:` or `teachers:` section")
+    return teachers
+
+
+def one_teacher(teachers: list[Outputs], method: str = "this method") -> Outputs:
+    return need_teachers(method, teachers)[0]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
 from kdlab.knowledge.taps import resolve_layer
-from kdlab.methods.base import Method, MethodContext, MethodParams, Needs
+from kdlab.methods.base import Method, MethodContext, MethodParams, Needs, one_teacher
 
 _LAYER = re.compile(r"^(hint:-?\d+|[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*)$")
 
@@ -130,9 +130,7 @@ class FeatureMethod(Method):
         return Needs(student_layers=list(self.s_layers), teacher_layers=list(self.t_layers))
 
     def pairs(self, student, teachers) -> list[tuple[Tensor, Tensor]]:
-        if not teachers:
-            raise RuntimeError(f"{self.name} needs a teacher, but none was given")
-        t = teachers[0]
+        t = one_teacher(teachers, self.name)
         return [(student.features[a], t.features[b]) for a, b in zip(self.s_layers, self.t_layers)]
 
 

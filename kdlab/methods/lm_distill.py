@@ -66,7 +66,7 @@ class TokenDivergence(Method):
 
     def forward(self, batch, student, teachers):
         p = self.params
-        s, t = student.logits, one_teacher(teachers).logits
+        s, t = student.logits, one_teacher(teachers, self.name).logits
         if s.shape != t.shape:
             raise KdlabError(f"{self.name}: student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ; "
                              "token-level divergences need the same tokens and vocabulary (one tokenizer)")

@@ -85,7 +85,7 @@ class CTKD(Method):
         return cosine_lambda(self.epoch, self.params.lambda_epochs, self.params.lambda_max)
 
     def forward(self, batch, student, teachers):
-        t = one_teacher(teachers)
+        t = one_teacher(teachers, self.name)
         check_same_width(self.name, student.logits, [t.logits])
         p = self.params
         theta = reverse_grad(self.theta, self.current_lambda())

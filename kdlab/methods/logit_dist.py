@@ -46,7 +46,7 @@ class DIST(Method):
 
     def forward(self, batch, student, teachers):
         p = self.params
-        t = one_teacher(teachers)
+        t = one_teacher(teachers, self.name)
         check_same_width(self.name, student.logits, [t.logits])
         inter, intra = dist_terms(student.logits, t.logits, p.tau)
         return {"dist_inter": p.beta * inter, "dist_intra": p.gamma * intra}

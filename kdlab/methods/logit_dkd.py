@@ -68,7 +68,7 @@ class DKD(Method):
 
     def forward(self, batch, student, teachers):
         p = self.params
-        t = one_teacher(teachers)
+        t = one_teacher(teachers, self.name)
         check_same_width(self.name, student.logits, [t.logits])
         tckd, nckd = dkd_terms(student.logits, t.logits, batch["y"], p.tau, p.standardize)
         w = warmup_factor(self.epoch, p.warmup)

@@ -36,6 +36,6 @@ class KD(Method):
 
     def forward(self, batch, student, teachers):
         p = self.params
-        t = one_teacher(teachers)
+        t = one_teacher(teachers, self.name)
         # The CE/KD mix is the config's weights: [{name: ce, weight: a}, {name: kd, weight: 1-a}].
         return {"kd": kd_loss(student.logits, t.logits, p.tau, p.standardize)}

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from kdlab.errors import KdlabError
+from kdlab.methods.base import need_teachers
 
 # Sun et al. 2024 divide by (std + 1e-7); the epsilon only guards constant logit vectors.
 ZSCORE_EPS = 1e-7
@@ -35,9 +36,7 @@ def check_same_width(method: str, student: Tensor, teachers: list[Tensor]) -> No
 
 
 def teacher_logits(method: str, student, teachers) -> list[Tensor]:
-    if not teachers:
-        raise KdlabError(f"method '{method}' needs at least one teacher: add a `teacher:` or `teachers:` section")
-    logits = [t.logits for t in teachers]
+    logits = [t.logits for t in need_teachers(method, teachers)]
     check_same_width(method, student.logits, logits)
     return [l.float() for l in logits]
 

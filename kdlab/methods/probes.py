@@ -58,7 +58,7 @@ class RecordW(Method):
         logits = student.logits
         if not logits.requires_grad:
             return {}
-        t_logits = one_teacher(teachers).logits
+        t_logits = one_teacher(teachers, self.name).logits
         if t_logits is None:
             raise KdlabError("record_w needs teacher logits")
         idx, y = batch["index"], batch["y"]

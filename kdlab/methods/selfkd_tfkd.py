@@ -88,7 +88,7 @@ class TfKDSelf(Method):
 
     def forward(self, batch, student, teachers):
         p = self.params
-        t = one_teacher(teachers)
+        t = one_teacher(teachers, self.name)
         return {
             "tf_kd_ce": (1 - p.alpha) * F.cross_entropy(student.logits.float(), batch["y"]),
             "tf_kd_self": p.alpha * kd_loss(student.logits, t.logits, p.tau),

@@ -95,7 +95,7 @@ class SubclassKD(Method):
     def forward(self, batch, student, teachers):
         p = self.params
         z_s = subclass_logits(student, "student")
-        z_t = subclass_logits(one_teacher(teachers), "teacher")
+        z_t = subclass_logits(one_teacher(teachers, self.name), "teacher")
         if z_s.shape != z_t.shape:
             raise KdlabError(
                 f"subclass_kd: the student has {z_s.shape[1]} subclass logits, the teacher {z_t.shape[1]}; "

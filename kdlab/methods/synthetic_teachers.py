@@ -162,7 +162,7 @@ class _SimilarityMixin:
 )
 class KDPartialTeacher(_SyntheticTeacher):
     def forward(self, batch, student, teachers):
-        q = F.softmax(one_teacher(teachers).logits.float() / self.params.tau, dim=1)
+        q = F.softmax(one_teacher(teachers, self.name).logits.float() / self.params.tau, dim=1)
         return self._loss(batch, student, partial_teacher_targets(q, batch["y"]))
 
 
@@ -194,5 +194,5 @@ class KDPartialSimilarity(_SimilarityMixin, _SyntheticTeacher):
     Params = _SimParams
 
     def forward(self, batch, student, teachers):
-        q = F.softmax(one_teacher(teachers).logits.float() / self.params.tau, dim=1)
+        q = F.softmax(one_teacher(teachers, self.name).logits.float() / self.params.tau, dim=1)
         return self._loss(batch, student, pt_sim_targets(q, batch["y"], self.sim))

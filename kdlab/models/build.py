@@ -24,7 +24,7 @@ def build_model(spec: ModelSpec, data, role: str = "model") -> nn.Module:
     elif spec.import_ is not None:
         model = build_imported(spec.import_, spec.params, offered)
     else:
-        model = build_hf(spec.hf, num_classes, getattr(data, "task", None))
+        model = build_hf(spec.hf, num_classes, getattr(data, "task", None), data.model_args.get("vocab_size"))
     if spec.weights:
         load_weights(model, spec.weights, role)
     return model

@@ -37,10 +37,11 @@ def transformers():
     return tf
 
 
-def build_hf(spec: HFSpec, num_classes: Optional[int], task: Optional[str]) -> nn.Module:
+def build_hf(spec: HFSpec, num_classes: Optional[int], task: Optional[str], vocab_size: Optional[int] = None) -> nn.Module:
     """The model of `spec`. `num_classes` is what the data needs (labels for classification,
     the vocabulary for language modelling; None: no check); a config dict that does not set it
-    gets it, a folder whose config differs is refused."""
+    gets it, a folder whose config differs is refused. `vocab_size`: the data's token
+    vocabulary (text classification), given to a config dict that does not set one."""
     tf = transformers()
     if spec.path is not None:
         folder = _check_folder(spec.path)
@@ -52,6 +53,8 @@ def build_hf(spec: HFSpec, num_classes: Optional[int], task: Optional[str]) -> n
         key = _size_key(task)
         if key is not None and num_classes is not None and key not in fields and not ("id2label" in fields and key == "num_labels"):
             fields[key] = num_classes
+        if vocab_size is not None and "vocab_size" not in fields:
+            fields["vocab_size"] = vocab_size
         known = list(tf.CONFIG_MAPPING.keys())
         if spec.config["model_type"] not in known:
             raise KdlabError(f"hf.config: transformers {tf.__version__} has no model_type "

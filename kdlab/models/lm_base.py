@@ -10,7 +10,7 @@ which `skd_nlp` reads.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from torch import Tensor, nn
 
@@ -44,6 +44,19 @@ class LanguageModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.classify(self.embed(x))
 
+    # Incremental decoding (kdlab.models.decoding), in eval mode: `step` runs the new tokens
+    # x (B, t) after those its cache holds and returns their logits (B, t, V) and the grown
+    # cache (None: nothing before); `reorder_cache` keeps cache rows `index` (beam search).
+    def step(self, x: Tensor, cache: Any = None) -> tuple[Tensor, Any]:
+        raise NotImplementedError
+
+    def reorder_cache(self, cache: Any, index: Tensor) -> Any:
+        raise NotImplementedError
+
+    def positions(self) -> Optional[int]:
+        """The most tokens one sequence may hold (None: no limit)."""
+        return None
+
 
 def check_lm_args(model: str, vocab_size: Optional[int], input_shape, sizes: dict[str, float], dropout: float) -> int:
     """The vocabulary size from the data, and a clear error for anything unusable."""
@@ -67,9 +80,12 @@ def output_embedding_of(model: nn.Module) -> Tensor:
     w = getattr(model, "output_embedding", None)
     if w is None and isinstance(getattr(model, "fc", None), nn.Linear):
         w = model.fc.weight
+    if w is None and callable(getattr(model, "get_output_embeddings", None)):  # Hugging Face LMs (lm_head)
+        head = model.get_output_embeddings()
+        w = getattr(head, "weight", None)
     if not isinstance(w, Tensor) or w.dim() != 2:
         raise KdlabError(
             f"{type(model).__name__} has no output embedding matrix (an `output_embedding` attribute or an "
-            "`fc` Linear layer); use lstm_lm or transformer_lm."
+            "`fc` Linear layer, or a Hugging Face output embedding); use lstm_lm, transformer_lm or an hf causal_lm."
         )
     return w

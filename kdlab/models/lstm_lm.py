@@ -26,6 +26,14 @@ class LSTMLM(LanguageModel):
         h, _ = self.rnn(self.drop(self.embedding(x)))
         return self.drop(self.proj(h))
 
+    def step(self, x: Tensor, cache=None):
+        """The LSTM's (h, c) state is the cache."""
+        h, state = self.rnn(self.drop(self.embedding(x)), cache)
+        return self.classify(self.drop(self.proj(h))), state
+
+    def reorder_cache(self, cache, index: Tensor):
+        return tuple(s.index_select(1, index) for s in cache)  # (layers, B, hidden)
+
 
 @MODELS.register(
     "lstm_lm",

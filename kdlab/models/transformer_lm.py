@@ -3,6 +3,7 @@
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.errors import KdlabError
@@ -37,6 +38,38 @@ class TransformerLM(LanguageModel):
         mask = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
         h = self.encoder(h, mask=mask, is_causal=True)
         return self.drop(self.norm(h))
+
+    def positions(self) -> int:
+        return self.max_len
+
+    def step(self, x: Tensor, cache=None):
+        """The same blocks as `embed`, written out so that each layer's keys and values of the
+        tokens seen so far are kept (cache: one (k, v) pair per layer, (B, heads, t, d/heads))
+        and each new token attends to them without recomputing them. For decoding in eval
+        mode: dropout is left out."""
+        past = 0 if cache is None else cache[0][0].shape[2]
+        b, t = x.shape
+        if past + t > self.max_len:
+            raise KdlabError(f"transformer_lm: decoding to {past + t} tokens exceeds max_len {self.max_len}; raise max_len")
+        h = self.embedding(x) + self.pos[past : past + t]
+        # New token j (position past + j) sees positions 0 .. past + j.
+        allowed = torch.ones(t, past + t, dtype=torch.bool, device=x.device).tril(diagonal=past)
+        new_cache = []
+        for i, layer in enumerate(self.encoder.layers):
+            attn = layer.self_attn
+            heads = attn.num_heads
+            q, k, v = F.linear(layer.norm1(h), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = (z.view(b, t, heads, -1).transpose(1, 2) for z in (q, k, v))
+            if cache is not None:
+                k, v = torch.cat([cache[i][0], k], dim=2), torch.cat([cache[i][1], v], dim=2)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            h = h + attn.out_proj(a.transpose(1, 2).reshape(b, t, -1))
+            h = h + layer.linear2(layer.activation(layer.linear1(layer.norm2(h))))
+            new_cache.append((k, v))
+        return self.classify(self.norm(h)), new_cache
+
+    def reorder_cache(self, cache, index: Tensor):
+        return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
 
 
 @MODELS.register(

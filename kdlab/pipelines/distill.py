@@ -23,6 +23,7 @@ class ExperimentResult:
     results: dict[str, list[dict]] = field(default_factory=dict)
     teachers: list[dict] = field(default_factory=list)
     baseline: str | None = "ce"
+    notes: list[str] = field(default_factory=list)  # lines shown under the teachers (e.g. stored generations)
 
     def render(self):
         from rich.console import Group
@@ -33,9 +34,18 @@ class ExperimentResult:
         lines = [Text(f"teacher {i}: {t['params']:,} params, test {self.metric} "
                       f"{t.get('test_' + self.metric, float('nan')):.2f} (the weights distilled from: best-val epoch "
                       "or given checkpoint)")
-                 for i, t in enumerate(self.teachers)]
+                 for i, t in enumerate(self.teachers)] + [Text(n) for n in self.notes]
         header, rows = comparison_rows(self.results, self.metric, self.baseline)
         return Group(*lines, rich_table(header, rows, title=self.name))
+
+
+def new_result(exp: Experiment, data, task, teachers) -> ExperimentResult:
+    """An empty result that shows the teachers' test scores."""
+    out = ExperimentResult(exp.name, task.primary_metric)
+    for t in teachers:
+        ev = evaluate(t, data.test, task, data.prepare, exp.data.eval_batch_size)
+        out.teachers.append({"params": count_params(t), **{f"test_{k}": v for k, v in ev.items()}})
+    return out
 
 
 @PIPELINES.register("distill", "obtain the teachers, then train every variant's student on every seed")
@@ -45,15 +55,12 @@ def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     preflight(exp, data, task, ctx.device)
     # Teachers are trained or loaded only if some method reads them.
     teachers = obtain_teachers(ctx, exp, data, task) if exp.uses_teacher() else []
-    out = ExperimentResult(exp.name, task.primary_metric)
-    for t in teachers:
-        ev = evaluate(t, data.test, task, data.prepare, exp.data.eval_batch_size)
-        out.teachers.append({"params": count_params(t), **{f"test_{k}": v for k, v in ev.items()}})
+    out = new_result(exp, data, task, teachers)
     sets = exp.method_sets()
     out.baseline = "ce" if "ce" in sets else None
     for variant, methods in sets.items():
         for seed in exp.seeds:
             stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=variant,
-                                                 teachers=teachers))
+                                                 teachers=teachers, teacher_cache=[t.cache for t in exp.all_teachers()]))
             out.results.setdefault(variant, []).append(stage.row())
     return out

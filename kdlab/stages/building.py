@@ -3,32 +3,56 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 
 import torch
 from torch import nn
 
 from kdlab.config.schema import DataSpec, MethodSpec, ModelSpec
 from kdlab.data.base import DataBundle, Split
+from kdlab.data.stream import StreamSplit, TensorSource, decide, memory_budget
 from kdlab.errors import KdlabError
 from kdlab.methods.base import Method, MethodContext
 from kdlab.models.build import build_model
 from kdlab.registry import DATASETS, METHODS
+from kdlab.stages.vocabulary import check_vocabularies
 
 
 def load_data(spec: DataSpec) -> DataBundle:
     """The split is seeded by `data.split_seed`, not the training seed, so every seed of an
-    experiment (and its teacher) sees the same train/val/test split."""
+    experiment (and its teacher) sees the same train/val/test split. A dataset that can read
+    samples on demand is told whether to (`data.stream`, or its size against the memory
+    budget); with `stream: true` any other dataset's splits are streamed from memory."""
     params = dict(spec.params)
-    data = DATASETS.get(spec.name).obj(seed=spec.split_seed, **params)
+    build = DATASETS.get(spec.name).obj
+    if "stream" in inspect.signature(build).parameters:
+        params["stream"] = functools.partial(decide, spec.stream, budget=memory_budget(gigabytes=spec.memory_budget))
+    data = build(seed=spec.split_seed, **params)
     if spec.train_fraction < 1:
         data = dataclasses.replace(data, train=subsample(data.train, spec.train_fraction, spec.split_seed))
-    return data
+    return stream_splits(data, spec)
 
 
-def subsample(split: Split, fraction: float, seed: int) -> Split:
+def stream_splits(data: DataBundle, spec: DataSpec) -> DataBundle:
+    """Streamed splits get the loader's worker count; `stream: true` streams in-memory ones."""
+    def one(split):
+        if isinstance(split, Split) and spec.stream is True:
+            return StreamSplit(TensorSource(split), workers=spec.workers)
+        if isinstance(split, StreamSplit):
+            split.workers = spec.workers
+        return split
+
+    splits = {name: one(getattr(data, name)) for name in ("train", "val", "test")}
+    if data.val is data.test:  # one split in two roles stays one
+        splits["val"] = splits["test"]
+    return dataclasses.replace(data, **splits)
+
+
+def subsample(split, fraction: float, seed: int):
     """A stratified (by `y` when it holds class labels) seeded fraction of a split."""
     g = torch.Generator().manual_seed(seed + 7919)
-    y = split.tensors.get("y")
+    y = split.labels() if isinstance(split, StreamSplit) else split.tensors.get("y")
     if y is not None and y.dim() == 1 and not y.is_floating_point():
         keep = []
         for c in torch.unique(y):
@@ -81,6 +105,7 @@ def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
         return
     student = build_model(exp.student, data, "student")
     teachers = [build_model(t.model, data, f"teacher {i}") for i, t in enumerate(exp.all_teachers())]
+    check_vocabularies(sources, [student, *teachers], data)
     for (role, spec), model in zip(sources, [student, *teachers]):
         if spec.name is None:
             check_logits(model, data, task, spec.num_classes or data.num_classes, f"{role} ({spec.source})")
@@ -93,7 +118,7 @@ def check_logits(model: nn.Module, data: DataBundle, task, expected: int, role: 
     models) is refused before anything trains: e.g. a network built for another label set."""
     if task.name not in ("classification", "lm") or len(data.val) == 0:
         return
-    batch = {k: v[:2] for k, v in data.val.tensors.items()}
+    batch = data.val.head(2)
     if data.prepare is not None:
         batch["x"] = data.prepare(batch["x"])
     model = model.to(batch["x"].device).eval()

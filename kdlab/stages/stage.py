@@ -18,10 +18,12 @@ from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.trainer import Trainer, TrainResult, TrainSetup
 from kdlab.errors import KdlabError
 from kdlab.models.build import arch_record, build_model
+from kdlab.models.init_from_teacher import init_from_teacher
 from kdlab.models.weights import save_student
 from kdlab.seeding import seed_everything
 from kdlab.stages.building import build_methods, method_context
 from kdlab.stages.context import RunContext
+from kdlab.stages.teacher_cache import obtain_caches
 from kdlab.store.runstore import Run
 from kdlab.tasks.base import Task
 from kdlab.tracking.base import attach_sinks
@@ -55,6 +57,8 @@ class Stage:
     label: Optional[str] = None
     module: Optional[nn.Module] = None  # a model already built (else built from `model`)
     curriculum: Optional[Curriculum] = None
+    # Per teacher, a CacheSpec (answer it from its output cache) or None (run it each step).
+    teacher_cache: list = field(default_factory=list)
 
     @property
     def group(self) -> str:
@@ -133,6 +137,12 @@ def _check_teachers(methods, teachers) -> None:
             )
 
 
+def init_from_stage_teacher(model: nn.Module, stage: Stage) -> str:
+    if len(stage.teachers) != 1:
+        raise KdlabError(f"{stage.display}: init_from_teacher needs one teacher, this stage has {len(stage.teachers)}")
+    return init_from_teacher(model, stage.teachers[0], stage.model.init_from_teacher.layers)
+
+
 def _open_run(ctx: RunContext, stage: Stage) -> tuple[Optional[Run], Optional[str], bool]:
     """(run, checkpoint to continue from, finished). With --resume: a finished run of this
     stage is restored, not retrained; an interrupted one (killed at any moment) is continued
@@ -160,10 +170,13 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
     env = D.current()
     seed_everything(stage.seed)  # model initialisation is part of what the seed fixes
     model = stage.module if stage.module is not None else build_model(stage.model, stage.data, stage.kind)
+    if stage.model is not None and stage.model.init_from_teacher is not None:
+        ctx.log(init_from_stage_teacher(model, stage))
     methods, weights = build_methods(
         stage.methods, method_context(stage.data, model, stage.teachers, stage.train.epochs, ctx.device, stage.task)
     )
     _check_teachers(methods, stage.teachers)
+    caches, views = obtain_caches(ctx, stage, methods)
     run, resume_from, finished = None, None, False
     if ctx.store is not None:
         if env.main:
@@ -173,6 +186,7 @@ def run_stage(ctx: RunContext, stage: Stage) -> StageResult:
         student=model, data=stage.data, task=stage.task, train=stage.train, seed=stage.seed, device=ctx.device,
         batch_size=stage.data_spec.batch_size, eval_batch_size=stage.data_spec.eval_batch_size, methods=methods,
         weights=weights, teachers=stage.teachers, label=stage.display, arch=arch_record(stage.model, stage.data, model),
+        teacher_caches=caches, views=views,
     )
     recorder = StoreRecorder(run) if run is not None and not finished else None
     trainer = Trainer(setup, stage.curriculum, recorder, progress=ctx.reporter if env.main and not finished else None)

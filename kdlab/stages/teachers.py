@@ -31,7 +31,8 @@ def teacher_key(spec: TeacherSpec, exp: Experiment, task: Task) -> str:
     seed = spec.seed if spec.seed is not None else exp.seeds[0]
     return stable_hash(
         {
-            "data": (spec.data or exp.data).model_dump(mode="json"),
+            # streamed or in memory, the same samples: the same teacher
+            "data": (spec.data or exp.data).model_dump(mode="json", exclude={"stream", "workers", "memory_budget"}),
             "model": spec.model.model_dump(mode="json"),
             "methods": [m.model_dump(mode="json") for m in teacher_methods(spec, task)],
             "train": train.model_dump(mode="json"),
@@ -46,10 +47,31 @@ def load_teacher(spec: TeacherSpec, data: DataBundle, path: str, role: str = "te
     return load_weights(build_model(spec.model, data, role), path, role).eval()
 
 
+def check_same_tokenizer(own: DataBundle, data: DataBundle, role: str, own_name: str, data_name: str) -> None:
+    """Text data tokenized differently for teacher and student (another vocabulary, even of the
+    same size) is refused: their token ids would mean different words."""
+    mine, theirs = own.meta.get("hf_tokenizer"), data.meta.get("hf_tokenizer")  # Hugging Face tokenizers
+    if (mine or theirs) and (mine or {}).get("fingerprint") != (theirs or {}).get("fingerprint"):
+        name = lambda t: f"'{t['path']}' ({t['size']} tokens)" if t else "no tokenizer"  # noqa: E731
+        raise KdlabError(f"{role}'s data is tokenised by {name(mine)} but the student's by {name(theirs)}: "
+                         "teacher and student must read the same token ids; use one tokenizer for both")
+    a, b = own.meta.get("tokenizer"), data.meta.get("tokenizer")  # kdlab's word tokenizers
+    if a is None or b is None or a.itos == b.itos:
+        return
+    if len(a.itos) != len(b.itos):
+        diff = f"{len(a.itos)} and {len(b.itos)} tokens"
+    else:
+        i = next(i for i, (u, v) in enumerate(zip(a.itos, b.itos)) if u != v)
+        diff = f"token {i} is {a.itos[i]!r} and {b.itos[i]!r}"
+    raise KdlabError(f"{role}'s data ({own_name}) has another tokenizer than the student's ({data_name}): {diff}; "
+                     "teacher and student must share one vocabulary: give both the same data settings")
+
+
 def obtain_teacher(ctx: RunContext, spec: TeacherSpec, exp: Experiment, data: DataBundle, task: Task, index: int = 0) -> nn.Module:
     role = f"teacher {index}" if len(exp.all_teachers()) > 1 else "teacher"
     if spec.data is not None:
         own = load_data(spec.data).to(ctx.device)
+        check_same_tokenizer(own, data, role, spec.data.name, exp.data.name)
         if own.num_classes != data.num_classes or tuple(own.input_shape) != tuple(data.input_shape):
             raise KdlabError(
                 f"{role}'s data ({spec.data.name}: {own.num_classes} classes, input {tuple(own.input_shape)}) does not "

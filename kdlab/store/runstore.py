@@ -9,6 +9,7 @@ Layout under the store root (default `./runs`, or $KDLAB_HOME, or `--store`):
     <run id>/tb/            TensorBoard events (logging.backends: [tensorboard])
     mlflow.db               MLflow runs (logging.backends: [mlflow])
     tune/<study>.db         Optuna studies (`kdlab tune`)
+    generations/<key>/      a teacher's generated outputs (seqkd): tokens.safetensors, meta.json
 
 A run's `.lock` is held (flock) by the process training it, and the operating system lets go
 of it when that process ends, however it ends: a `running` row whose lock is free belongs to
@@ -40,7 +41,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
-    kind TEXT NOT NULL,          -- teacher | student | stage
+    kind TEXT NOT NULL,          -- teacher | student | assistant (a TAKD link)
     variant TEXT,
     grp TEXT NOT NULL,           -- hash of the config without seeds: runs to average over
     key TEXT,                    -- identity of a reusable artefact (teachers)
@@ -258,6 +259,16 @@ class RunStore:
             if self._status(row) != "running" and Path(row["path"]).is_dir():
                 return self._run(row)
         return None
+
+    def resolve(self, given: str) -> dict[str, Any]:
+        """The row of the run whose id is `given` or starts with it (one clear line otherwise)."""
+        every = self.rows()
+        hits = [r for r in every if r["id"] == given] or [r for r in every if r["id"].startswith(given)]
+        if not hits:
+            raise KdlabError(f"no run '{given}' in {self.root}; `kdlab runs` lists them")
+        if len(hits) > 1:
+            raise KdlabError(f"'{given}' matches {len(hits)} runs ({hits[0]['id']}, {hits[1]['id']}, …); give more of the id")
+        return hits[0]
 
     def rows(self, ids: Optional[list[str]] = None, limit: int | None = None) -> list[dict[str, Any]]:
         with self._db() as db:

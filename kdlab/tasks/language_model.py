@@ -1,7 +1,8 @@
 """Next-token language modelling: logits (B, T, V) for targets (B, T).
 
 Loss: mean token cross-entropy. Metrics: perplexity = exp(mean token NLL) over every target
-token of the split (the primary metric; lower is better), and token accuracy (%).
+token of the split (the primary metric; lower is better), and token accuracy (%). Targets of
+-100 (padding of tokenised text) are not tokens: left out of the loss and both metrics.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ class LanguageModelling(Task):
             logits = self.forward(model, {**batch, "x": x[i : i + step]}).float()
             yy = y[i : i + step]
             nll = nll + token_nll_sum(logits, yy)
-            correct = correct + (logits.argmax(-1) == yy).sum()
-        return {"loss": nll, "acc": correct, "n": torch.tensor(y.numel(), device=y.device)}
+            correct = correct + (logits.argmax(-1) == yy).sum()  # an argmax is never -100
+        return {"loss": nll, "acc": correct, "n": (y != -100).sum()}
 
     def finalize(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(float(sums["n"]), 1.0)

@@ -134,8 +134,8 @@ CASES: dict[str, Case] = {
     "rd": Case("rank", {"name": "rd", "K": 5}, ("rd",)),
     "cd": Case("rank", {"name": "cd", "K": 5, "M": 20}, ("cd",)),
     "rrd": Case("rank", {"name": "rrd", "K": 5, "L": 20, "M": 20}, ("rrd",)),
-    "de": Case("rank", {"name": "de", "lam": 0.05}, ("de",), state=True),
-    "pckd": Case("rank_gcn", {"name": "pckd", "M": 20, "Q": 5}, ("de", "pckd_reg"), state=True),
+    "de": Case("rank", {"name": "de", "lam": 0.05}, ("de",), state=True, summary=("incons", "incons_top")),
+    "pckd": Case("rank_gcn", {"name": "pckd", "M": 20, "Q": 5}, ("de", "pckd_reg"), state=True, summary=("incons", "incons_top")),
     # instruments: no loss of their own; they report in the summary
     "record_w": Case("mlp", {"name": "record_w"}, (), state=True, with_ce=True, summary=("w_mean", "w_q_spearman")),
     "geometry": Case("hierarchy_self", {"name": "geometry"}, (), with_ce=True, summary=("geometry_score",)),

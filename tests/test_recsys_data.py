@@ -89,13 +89,28 @@ def test_per_user_split_is_8_1_1_and_seeded():
     assert not np.array_equal(part, per_user_split(users, 4, 0.1, 0.1))
 
 
-def test_synthetic_has_popularity_skew():
-    data = recsys_synthetic(seed=0, users=300, items=200)
+def top10_share(data):
     pop = np.sort(data.meta["item_popularity"].numpy())[::-1]
-    top10 = pop[: len(pop) // 10].sum() / pop.sum()
-    assert top10 > 0.25  # the top 10% of items hold far more than 10% of the interactions
-    again = recsys_synthetic(seed=0, users=300, items=200)
+    return pop[: len(pop) // 10].sum() / pop.sum()
+
+
+def test_synthetic_has_popularity_skew():
+    data = recsys_synthetic(seed=0, users=300, items=200, pop_skew=1.0)
+    assert top10_share(data) > 0.25  # the top 10% of items hold far more than 10% of the interactions
+    # The skew is what pop_skew sets: weaker at the (taste-dominated) default, weakest at 0.
+    shares = [top10_share(recsys_synthetic(seed=0, users=300, items=200, pop_skew=k)) for k in (0.0, 0.2)]
+    assert shares[0] < shares[1] < top10_share(data)
+    again = recsys_synthetic(seed=0, users=300, items=200, pop_skew=1.0)
     assert np.array_equal(data.train["item"].numpy(), again.train["item"].numpy())
+
+
+def test_synthetic_defaults_are_the_documented_regime():
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(recsys_synthetic).parameters.items()}
+    # docs/recsys.md reports teacher, scratch and most-popular on exactly this regime.
+    assert {k: defaults[k] for k in ("users", "items", "dim", "mean_interactions", "pop_skew", "temperature")} == {
+        "users": 2000, "items": 1000, "dim": 64, "mean_interactions": 60.0, "pop_skew": 0.2, "temperature": 0.3}
 
 
 def test_interactions_config_validates(tmp_path):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdlab.methods.rank_bpr import bpr_loss
 from kdlab.methods.rank_cd import cd_loss
@@ -106,3 +107,58 @@ def test_expert_projector_uses_the_selected_expert():
     # Gumbel selection is one-hot in the forward pass but lets gradients reach the selector.
     proj(e_s, e_t, tau=1.0, sample=True).sum().backward()
     assert proj.selector.weight.grad.abs().sum() > 0
+
+
+def test_gumbel_temperature_follows_de_rrd_schedule():
+    from kdlab.methods.rank_de import gumbel_temperature
+
+    # DE-RRD / PCKD code: T_e = end * anneal * (1 / anneal)^(e / E), floored at end; 1 -> 1e-10.
+    end, anneal, epochs = 1e-10, 1e10, 20
+    for e in (0, 1, 7, 10, 19, 20, 25):
+        ref = max(end * anneal * (1.0 / anneal) ** (e / epochs), end)
+        assert gumbel_temperature(e, epochs, 1.0, 1e-10) == pytest.approx(ref, rel=1e-9)
+    assert gumbel_temperature(10, 20, 1.0, 1e-10) == pytest.approx(1e-5, rel=1e-9)  # halfway: geometric mean
+    assert gumbel_temperature(25, 20, 1.0, 1e-10) == 1e-10  # floored past the end
+    assert gumbel_temperature(13, 20, 0.5, None) == 0.5  # no annealing: fixed
+
+
+def test_soft_gumbel_gates_match_de_rrd_formula_and_harden_as_tau_falls():
+    torch.manual_seed(0)
+    proj = ExpertProjector(3, 6, num_experts=4).double()
+    e_t = torch.randn(50, 6, dtype=torch.float64)
+    logits = proj.selector(e_t)
+    for tau in (1.0, 0.1, 1e-10):
+        torch.manual_seed(1)  # the noise torch's gumbel_softmax draws: -log(Exp(1))
+        g = -torch.empty_like(logits).exponential_().log()
+        torch.manual_seed(1)
+        gates = proj.gates(e_t, tau, sample=True)
+        # DE-RRD: softmax((log(softmax(selector(e_t)) + 1e-10) + g) / T)
+        ref = torch.softmax((torch.log(torch.softmax(logits, 1) + 1e-10) + g) / tau, 1)
+        assert torch.allclose(gates, ref, atol=1e-6)
+        if tau == 1.0:
+            assert gates.max(1).values.min() < 0.9  # a soft mixture of experts at the start
+        if tau == 1e-10:
+            assert torch.equal(gates, F.one_hot(gates.argmax(1), 4).double())  # one expert at the end
+
+
+def test_de_anneals_its_gates_each_epoch():
+    from kdlab.data.recsys_synthetic import recsys_synthetic
+    from kdlab.methods.base import MethodContext
+    from kdlab.methods.rank_de import DE, gumbel_temperature
+    from kdlab.models.recsys_mf import bpr_mf
+    from kdlab.tasks.base import get_task
+
+    data = recsys_synthetic(seed=0, users=30, items=40, dim=4, mean_interactions=10, k_core=2)
+    task = get_task(data)
+    s, t = bpr_mf(**data.model_args, dim=4), bpr_mf(**data.model_args, dim=8)
+    ctx = MethodContext(num_classes=1, student=s, teachers=[t], train_size=1, epochs=10,
+                        device=torch.device("cpu"), data=data, task=task)
+    batch = {k: v[:64] for k, v in data.train.tensors.items()}
+    for end, hard in ((1e-10, False), (None, True)):
+        m = DE(DE.Params(gumbel_tau_end=end, gumbel_hard=hard, incons_top=5), ctx)
+        m.build(task.forward(s, batch), [task.forward(t, batch)])
+        for e in range(10):
+            m.on_epoch_start(e)
+            m(batch, task.forward(s, batch), [task.forward(t, batch)])
+            assert m.epoch_metrics()["gumbel_tau"] == gumbel_temperature(e, 10, 1.0, end)
+        assert m.tau == (1.0 if end is None else pytest.approx(1e-9))

@@ -84,3 +84,24 @@ def test_topk_unseen_and_membership(tiny):
     users = torch.arange(U.shape[0])
     neg = uniform_negatives(users, 50, csr)
     assert not bool(csr.contains(users[:, None], neg).any())
+
+
+def test_most_popular_ranks_by_train_counts_under_the_test_protocol(tiny):
+    from kdlab.models.recsys_popular import most_popular
+
+    data, _ = tiny
+    got = evaluate(most_popular(data), data.test, get_task(data), batch_size=7)
+    indptr, indices = data.meta["train_indptr"].numpy(), data.meta["train_indices"].numpy()
+    # Counts from the training interactions only (not validation or test ones).
+    counts = np.bincount(data.train["item"].numpy(), minlength=data.model_args["num_items"])
+    assert np.array_equal(counts, data.meta["item_popularity"].numpy())
+    ref = []
+    for row, u in enumerate(data.test["x"].tolist()):
+        # Equal counts: lower item id first (brute() sorts stably by score).
+        s = list(counts.astype(float))
+        excluded = set(indices[indptr[u] : indptr[u + 1]]) | {int(i) for i in data.test["seen"][row] if i >= 0}
+        for i in excluded:
+            s[i] = -np.inf
+        targets = {int(i) for i in data.test["pos"][row] if i >= 0}
+        ref.append(brute(s, targets, 20)[1])
+    assert got["ndcg20"] == pytest.approx(np.mean(ref), rel=1e-5)

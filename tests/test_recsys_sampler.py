@@ -1,6 +1,7 @@
 """Rank-biased sampling: empirical frequencies follow exp(-r/T) over the top-M ranks."""
 
 import numpy as np
+import pytest
 import torch
 
 from kdlab.tasks.ranking_ops import sample_ranks
@@ -30,7 +31,9 @@ def test_without_replacement_gives_distinct_ranks():
     assert counts[0] > counts[29]
 
 
-def test_rrd_samples_in_teacher_order_and_outside_top_m():
+def tiny_rrd(**params):
+    """An RRD method built on tiny synthetic data: ~15 of 60 items per user are train items, so
+    20 uniform draws per user hit some of them unless they are excluded."""
     from kdlab.data.recsys_synthetic import recsys_synthetic
     from kdlab.methods.base import MethodContext
     from kdlab.methods.rank_rrd import RRD
@@ -38,18 +41,58 @@ def test_rrd_samples_in_teacher_order_and_outside_top_m():
     from kdlab.tasks.base import get_task
 
     torch.manual_seed(0)
-    data = recsys_synthetic(seed=0, users=40, items=60, dim=4, mean_interactions=10, k_core=2)
+    data = recsys_synthetic(seed=0, users=40, items=60, dim=4, mean_interactions=15, k_core=2)
     task = get_task(data)
     s, t = bpr_mf(**data.model_args, dim=4), bpr_mf(**data.model_args, dim=8)
     ctx = MethodContext(num_classes=1, student=s, teachers=[t], train_size=1, epochs=1,
                         device=torch.device("cpu"), data=data, task=task)
-    m = RRD(RRD.Params(K=5, L=30, M=15), ctx)
+    m = RRD(RRD.Params(K=5, L=20, M=15, **params), ctx)
     batch = {k: v[:100] for k, v in data.train.tensors.items()}
-    m.build(task.forward(s, batch), [task.forward(t, batch)])
+    s_out = task.forward(s, batch)
+    m.build(s_out, [task.forward(t, batch)])
+    m.on_epoch_start(0)  # redraw=epoch: every user's items, drawn once an epoch
+    return m, data, batch, s_out
+
+
+def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
+    # (The bug: kdlab drew the uninteresting items outside the teacher's top-M only.)
+    m, data, batch, _ = tiny_rrd()
     users = batch["x"]
-    inter, unint = m.sample(users)
+    inter, unint = m._inter[users], m._unint[users]
+    indptr, indices = data.meta["train_indptr"], data.meta["train_indices"]
     for b, u in enumerate(users.tolist()):
         top = m._top[u].tolist()
         pos = [top.index(i) for i in inter[b].tolist()]
         assert pos == sorted(pos) and len(set(pos)) == 5
         assert not set(unint[b].tolist()) & set(top)
+        assert not set(unint[b].tolist()) & set(indices[indptr[u] : indptr[u + 1]].tolist())
+        assert len(set(unint[b].tolist())) == 20  # without replacement, as the DE-RRD code draws
+    # Every other item is still drawn: the exclusion is exact, not a narrower range.
+    u0 = users[0].item()
+    allowed = set(range(m.num_items)) - set(m._top[u0].tolist()) - set(indices[indptr[u0] : indptr[u0 + 1]].tolist())
+    seen = set()
+    for _ in range(30):
+        _, un = m.sample(users[:1])
+        seen |= set(un[0].tolist())
+    assert seen == allowed
+
+
+@pytest.mark.parametrize("redraw", ["epoch", "batch"])
+def test_rrd_loss_uses_epoch_draws_over_distinct_users_or_fresh_rows(redraw):
+    from kdlab.methods.rank_rrd import rrd_loss
+    from kdlab.methods.rank_utils import score
+
+    m, _, batch, s_out = tiny_rrd(redraw=redraw)
+    tables = s_out.extras["tables"]
+    if redraw == "epoch":
+        users = batch["x"].unique()
+        ref = rrd_loss(score(tables, users, m._inter[users]), score(tables, users, m._unint[users]))
+        assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # the epoch's draws, distinct users
+        assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # the same items all epoch
+    else:
+        torch.manual_seed(5)
+        inter, unint = m.sample(batch["x"])
+        ref = rrd_loss(score(tables, batch["x"], inter), score(tables, batch["x"], unint))
+        torch.manual_seed(5)
+        assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # fresh draws for every batch row
+        assert not torch.equal(m(batch, s_out, [])["rrd"], ref)

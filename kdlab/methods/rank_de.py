@@ -2,21 +2,28 @@
 expert MLPs, one expert chosen per embedding by a Gumbel-softmax over a selection network that
 reads the teacher's embedding; the student (and projector) minimise |e_t - P(e_s)|^2.
 
-Every projector method logs the preference-inconsistency rate: over uniformly drawn item
-pairs (i, j) of batch users, the fraction with (r̂_ui - r̂_uj)(r_ui - r_uj) < 0, where r uses
-the student's raw embeddings and r̂ the projected ones (experts chosen by the selector's argmax,
-so the measurement itself is not random)."""
+The Gumbel-softmax temperature is annealed as in the DE-RRD code (and the PCKD code base):
+tau_e = tau_0 * (tau_end / tau_0)^(e / E) at epoch e of E, floored at tau_end (1 -> 1e-10), so
+the gates start as a soft mixture of experts and end as a hard choice of one.
+
+Every projector method logs two preference-inconsistency rates: the fraction of item pairs
+(i, j) of batch users with (r̂_ui - r̂_uj)(r_ui - r_uj) < 0, where r uses the student's raw
+embeddings and r̂ the projected ones (experts chosen by the selector's argmax, so the
+measurement itself is not random), over uniformly drawn pairs (`incons`) and over pairs drawn
+uniformly from the teacher's top-M unseen items (`incons_top`), where PCKD claims its effect."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from typing import Optional
+
 from pydantic import Field
 from torch import Tensor, nn
 
 from kdlab.methods.base import register_method
 from kdlab.methods.rank_utils import RankingMethod, tables_of
-from kdlab.tasks.ranking_ops import Tables
+from kdlab.tasks.ranking_ops import Tables, uniform_negatives
 
 
 class ExpertProjector(nn.Module):
@@ -30,14 +37,16 @@ class ExpertProjector(nn.Module):
         )
         self.selector = nn.Linear(d_t, num_experts)
 
-    def gates(self, e_t: Tensor, tau: float, sample: bool) -> Tensor:
+    def gates(self, e_t: Tensor, tau: float, sample: bool, hard: bool = False) -> Tensor:
         logits = self.selector(e_t)
         if sample:
-            return F.gumbel_softmax(logits, tau=tau, hard=True)  # one expert, straight-through gradient
+            # softmax((logits + g) / tau): the DE-RRD code's softmax((log softmax(logits) + g) / T),
+            # the log-normaliser being a constant per row; hard: one-hot forward, straight-through.
+            return F.gumbel_softmax(logits, tau=tau, hard=hard)
         return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
 
-    def forward(self, e_s: Tensor, e_t: Tensor, tau: float = 1.0, sample: bool = True) -> Tensor:
-        g = self.gates(e_t, tau, sample)
+    def forward(self, e_s: Tensor, e_t: Tensor, tau: float = 1.0, sample: bool = True, hard: bool = False) -> Tensor:
+        g = self.gates(e_t, tau, sample, hard)
         outs = torch.stack([ex(e_s) for ex in self.experts], dim=-2)  # (..., E, d_t)
         return (g.unsqueeze(-1) * outs).sum(-2)
 
@@ -45,6 +54,13 @@ class ExpertProjector(nn.Module):
 def de_loss(teacher: Tensor, projected: Tensor) -> Tensor:
     """|e_t - P(e_s)|^2 summed over dimensions, mean over rows."""
     return (teacher - projected).pow(2).sum(-1).mean()
+
+
+def gumbel_temperature(epoch: int, epochs: int, start: float, end: Optional[float]) -> float:
+    """DE-RRD's schedule: start * (end / start)^(epoch / epochs), floored at end; end None: start."""
+    if end is None:
+        return start
+    return max(start * (end / start) ** (epoch / max(epochs, 1)), end)
 
 
 def inconsistent_pairs(r_i: Tensor, r_j: Tensor, rh_i: Tensor, rh_j: Tensor) -> Tensor:
@@ -61,56 +77,80 @@ class DE(RankingMethod):
     class Params(RankingMethod.Params):
         lam: float = Field(0.01, ge=0)
         num_experts: int = Field(5, ge=1)
-        gumbel_tau: float = Field(1.0, gt=0)
-        incons_pairs: int = Field(20, ge=1)  # uniform item pairs per user for the logged rate
+        gumbel_tau: float = Field(1.0, gt=0)  # the temperature at epoch 0
+        # Annealed towards this over the run (DE-RRD: 1 -> 1e-10); null keeps gumbel_tau fixed.
+        gumbel_tau_end: Optional[float] = Field(1e-10, gt=0)
+        gumbel_hard: bool = False  # one-hot gates with a straight-through gradient (not in DE-RRD)
+        incons_pairs: int = Field(20, ge=1)  # item pairs per user for each logged rate
+        incons_top: int = Field(100, ge=2)  # M of the teacher's top-M list for `incons_top`
 
     def build(self, student, teachers):
         d_s = student.features["user"].shape[-1]
         d_t = teachers[0].features["user"].shape[-1]
         self.proj_user = ExpertProjector(d_s, d_t, self.params.num_experts)
         self.proj_item = ExpertProjector(d_s, d_t, self.params.num_experts)
-        self._incons = [0.0, 0.0]
+        self._teacher_top = self.top_items(tables_of(teachers[0], "teacher"), self.params.incons_top)
+        self._incons = [0.0] * 4
+        self.tau = gumbel_temperature(0, self.total_epochs, self.params.gumbel_tau, self.params.gumbel_tau_end)
 
     def project(self, s: Tables, t: Tables, users: Tensor, items: Tensor, sample: bool = True, detach: bool = False):
         """(P(e_u) (B, d_t), P(e_i) items.shape + (d_t,)) for batch users and items."""
         # Project each distinct user / item once (batches repeat items a lot), then gather.
-        tau = self.params.gumbel_tau
         out = []
         for ids, s_tab, t_tab, proj in ((users, s.users, t.users, self.proj_user), (items, s.items, t.items, self.proj_item)):
             uniq, inv = torch.unique(ids, return_inverse=True)
             e = s_tab[uniq].detach() if detach else s_tab[uniq]
-            out.append(proj(e, t_tab[uniq], tau, sample)[inv])
+            out.append(proj(e, t_tab[uniq], self.tau, sample, self.params.gumbel_hard)[inv])
         return out[0], out[1]
 
     def de_term(self, batch, s: Tables, t: Tables) -> Tensor:
+        """Over the batch's distinct users, and its distinct positives and as many distinct
+        unseen uniform negatives (items weighted half each), as the DE-RRD / PCKD code does."""
         users = batch["x"]
-        items = torch.cat([batch["item"], torch.randint(0, self.num_items, batch["item"].shape, device=users.device)])
-        pu, pi = self.project(s, t, users, items)
-        return de_loss(t.users[users], pu) + de_loss(t.items[items], pi)
+        neg = uniform_negatives(users, 1, self.csr(users.device)).flatten()
+        u, pos, neg = users.unique(), batch["item"].unique(), neg.unique()
+        items = torch.cat([pos, neg])
+        pu, pi = self.project(s, t, u, items)
+        ti = t.items[items]
+        return de_loss(t.users[u], pu) + 0.5 * (de_loss(ti[: len(pos)], pi[: len(pos)]) + de_loss(ti[len(pos):], pi[len(pos):]))
+
+    @torch.no_grad()
+    def inconsistency(self, users: Tensor, i: Tensor, j: Tensor, s: Tables, t: Tables) -> float:
+        """Number of pairs (users[b], i[b, k], j[b, k]) ordered differently by r and r̂."""
+        ij = torch.cat([i, j], 1)
+        pu, pij = self.project(s, t, users, ij, sample=False)
+        r = torch.einsum("bd,bnd->bn", s.users[users], s.items[ij])
+        rh = torch.einsum("bd,bnd->bn", pu, pij)
+        n = i.shape[1]
+        return float(inconsistent_pairs(r[:, :n], r[:, n:], rh[:, :n], rh[:, n:]))
 
     @torch.no_grad()
     def record_inconsistency(self, users: Tensor, s: Tables, t: Tables) -> None:
         users = users[:64]  # a sample of the batch is enough for a rate
-        n = self.params.incons_pairs
-        ij = torch.randint(0, self.num_items, (len(users), 2 * n), device=users.device)
-        pu, pij = self.project(s, t, users, ij, sample=False)
-        r = torch.einsum("bd,bnd->bn", s.users[users], s.items[ij])
-        rh = torch.einsum("bd,bnd->bn", pu, pij)
-        self._incons[0] += float(inconsistent_pairs(r[:, :n], r[:, n:], rh[:, :n], rh[:, n:]))
-        self._incons[1] += r[:, :n].numel()
+        n, dev = self.params.incons_pairs, users.device
+        uni = torch.randint(0, self.num_items, (len(users), 2 * n), device=dev)
+        top = self._teacher_top[users]
+        ranks = torch.randint(0, top.shape[1], (len(users), 2 * n), device=dev)
+        tops = top.gather(1, ranks)
+        self._incons[0] += self.inconsistency(users, uni[:, :n], uni[:, n:], s, t)
+        self._incons[2] += self.inconsistency(users, tops[:, :n], tops[:, n:], s, t)
+        self._incons[1] += len(users) * n
+        self._incons[3] += len(users) * n
 
     def on_epoch_start(self, epoch):
         super().on_epoch_start(epoch)
-        self._incons = [0.0, 0.0]
+        self._incons = [0.0] * 4
+        self.tau = gumbel_temperature(epoch, self.total_epochs, self.params.gumbel_tau, self.params.gumbel_tau_end)
 
     def epoch_metrics(self) -> dict[str, float]:
-        c, n = self._incons
-        self._last = {"incons": c / n} if n else {}
+        c, n, c_top, n_top = self._incons
+        self._last = {"incons": c / n, "incons_top": c_top / n_top, "gumbel_tau": self.tau} if n else {}
         return self._last
 
     def summary_stats(self) -> dict[str, float]:
-        """The last epoch's rate, into the run's summary."""
-        return dict(getattr(self, "_last", {}))
+        """The last epoch's rates, into the run's summary."""
+        last = getattr(self, "_last", {})
+        return {k: last[k] for k in ("incons", "incons_top") if k in last}
 
     def forward(self, batch, student, teachers):
         s, t = tables_of(student, "student"), tables_of(teachers[0], "teacher")

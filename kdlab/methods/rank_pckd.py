@@ -2,7 +2,8 @@
 order of the projected preferences r̂_ui = <P(e_u), P(e_i)> the same as that of the raw ones
 r_ui = <e_u, e_i> (both the raw scores and the projector's input are detached).
 
-Items come from p_u: the guide model's top-M unseen items, rank r drawn ∝ exp(-r/T).
+Items come from p_u: the guide model's top-M items, rank r drawn ∝ exp(-r/T); `mask_train`
+leaves the user's training items out of that list (the public code does not, so off by default).
 - pair:   i, j ~ p_u;  -log sigma((r̂_ui - r̂_uj)(r_ui - r_uj)), mean over users and pairs;
 - list:   Q items ~ p_u (without replacement); -sum_i softmax(r/tau)_i log softmax(r̂/tau)_i;
 - hybrid: Q items ~ p_u; the list term plus `beta` times the pair term over all i<j in Q
@@ -50,16 +51,17 @@ class PCKD(DE):
         tau: float = Field(0.1, gt=0)  # list softmax temperature
         pairs: int = Field(10, ge=1)  # pair: pairs per user
         beta: float = Field(1.0, ge=0)  # hybrid: weight of the pair term
+        mask_train: bool = False  # guide list over unseen items only (the public code ranks all items)
 
     def build(self, student, teachers):
         super().build(student, teachers)
         if self.params.guide == "teacher":
-            self.compute_top(tables_of(teachers[0], "teacher"), self.params.M)
+            self.compute_top(tables_of(teachers[0], "teacher"), self.params.M, self.params.mask_train)
 
     def on_epoch_start(self, epoch):
         super().on_epoch_start(epoch)
         if self.params.guide == "student" and (epoch % self.params.refresh == 0 or self._top is None):
-            self.compute_top(self.student_tables(), self.params.M)
+            self.compute_top(self.student_tables(), self.params.M, self.params.mask_train)
 
     def raw_and_projected(self, users: Tensor, items: Tensor, s: Tables, t: Tables) -> tuple[Tensor, Tensor]:
         """r (detached) and r̂ (graph through the projector only) for items (B, n)."""

@@ -1,8 +1,16 @@
 """Relaxed Ranking Distillation: a list-wise (Plackett-Luce) loss that keeps the order of K
 "interesting" items sampled from the teacher's top-M above L uninteresting ones, without
-ordering the uninteresting items among themselves."""
+ordering the uninteresting items among themselves.
+
+Sampling as in the DE-RRD code: each epoch, every user gets K interesting items (ranks drawn
+∝ exp(-r/T) from the teacher's top-M unseen items, without replacement, kept in teacher order)
+and L uninteresting ones, uniform without replacement over the items outside the top-M and
+outside the user's own training items; a batch's loss is over its distinct users.
+`redraw: batch` draws the same way afresh for every batch row instead."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -22,39 +30,59 @@ def rrd_loss(interesting: Tensor, uninteresting: Tensor) -> Tensor:
 
 @register_method(
     "rrd",
-    "Relaxed Ranking Distillation: K items from the teacher's top-M (∝ exp(-r/T), in teacher order) above L uniform others",
+    "Relaxed Ranking Distillation: K items from the teacher's top-M (∝ exp(-r/T), in teacher order) above L uniform unseen others",
     "Kang et al., CIKM 2020, arXiv:2009.05711 (DE-RRD)",
 )
 class RRD(RankingMethod):
     class Params(RankingMethod.Params):
         K: int = Field(10, ge=1)
-        L: int = Field(100, ge=1)
+        L: int = Field(100, ge=1)  # uninteresting items per user (at most the items outside top-M and train)
         M: int = Field(100, ge=1)
         T: float = Field(10.0, gt=0)
+        # epoch: every user's items drawn once an epoch, loss over the batch's distinct users (the
+        # DE-RRD code); batch: fresh items for every batch row (users repeat with their activity).
+        redraw: Literal["epoch", "batch"] = "epoch"
 
     def build(self, student, teachers):
         self.compute_top(tables_of(teachers[0], "teacher"), self.params.M)
 
     def sample(self, users: Tensor) -> tuple[Tensor, Tensor]:
-        """(interesting (B, K) in teacher order, uninteresting (B, L) outside the top-M)."""
+        """(interesting (B, K) in teacher order, uninteresting (B, L) uniform over the items that
+        are neither in the teacher's top-M nor among the user's own training items)."""
         p = self.params
         ranks, _ = self.draw_from_top(users, min(p.K, self._top.shape[1]), p.T, replacement=False)
         ranks = ranks.sort(1).values  # keep the teacher's order
         top = self._top[users]
         inter = top.gather(1, ranks)
-        # Uniform over items outside the teacher's top-M (collisions redrawn).
-        unint = torch.randint(0, self.num_items, (len(users), p.L), device=users.device)
-        top_sorted = top.sort(1).values
-        for _ in range(20):
-            pos = torch.searchsorted(top_sorted, unint).clamp(max=top.shape[1] - 1)
-            bad = top_sorted.gather(1, pos) == unint
-            if not bool(bad.any()):
-                break
-            unint[bad] = torch.randint(0, self.num_items, (int(bad.sum()),), device=users.device)
+        # The user's training items are positives, not "uninteresting" ones: pushing them below
+        # the interesting items would fight BPR (the official DE-RRD code masks both sets).
+        # Uniform without replacement over the allowed items, as that code draws: the top-L of
+        # iid uniform keys; excluded items get keys below every allowed one, so only a user with
+        # fewer than L allowed items gets some of them.
+        keys = torch.rand(len(users), self.num_items, device=users.device)
+        rows = torch.arange(len(users), device=users.device)[:, None].expand_as(top)
+        keys[rows, top] -= 2.0
+        r, i = self.csr(users.device).rows(users)
+        keys[r, i] -= 2.0
+        unint = keys.topk(p.L, dim=1).indices
         return inter, unint
 
+    def on_epoch_start(self, epoch):
+        """redraw=epoch: draw every user's items once an epoch, as the DE-RRD code does."""
+        super().on_epoch_start(epoch)
+        if self.params.redraw != "epoch":
+            return
+        n = self._top.shape[0]
+        chunk = max(1, 2**24 // self.num_items)  # users per dense (users, items) mask: <= 64 MB
+        parts = [self.sample(torch.arange(a, min(a + chunk, n), device=self._top.device)) for a in range(0, n, chunk)]
+        self._inter, self._unint = (torch.cat(x) for x in zip(*parts))
+
     def forward(self, batch, student, teachers):
-        users = batch["x"]
-        inter, unint = self.sample(users)
         t = tables_of(student)
+        if self.params.redraw == "batch":
+            users = batch["x"]
+            inter, unint = self.sample(users)
+        else:
+            users = batch["x"].unique()  # each user of the batch once, as in the DE-RRD code
+            inter, unint = self._inter[users], self._unint[users]
         return {"rrd": rrd_loss(score(t, users, inter), score(t, users, unint))}

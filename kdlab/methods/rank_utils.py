@@ -42,10 +42,15 @@ class RankingMethod(Method):
     def csr(self, device) -> TrainCSR:
         return TrainCSR.of(self._data, device)
 
-    def compute_top(self, t: Tables, m: int) -> None:
-        """Each user's top-m items among those unseen in training, by the given tables."""
+    def compute_top(self, t: Tables, m: int, mask_train: bool = True) -> None:
+        """Each user's top-m items among those unseen in training (mask_train=False: among all
+        items), by the given tables."""
+        self._top = self.top_items(t, m, mask_train)
+
+    def top_items(self, t: Tables, m: int, mask_train: bool = True) -> Tensor:
         with torch.no_grad():
-            self._top = topk_unseen(Tables(t.users.detach(), t.items.detach()), self.csr(t.users.device), m)
+            csr = self.csr(t.users.device) if mask_train else None
+            return topk_unseen(Tables(t.users.detach(), t.items.detach()), csr, m)
 
     def student_tables(self) -> Tables:
         model = self._student_ref[0]

@@ -72,15 +72,17 @@ def unseen_scores(tables: Tables, users: Tensor, csr: TrainCSR) -> Tensor:
     return mask_items(scores, *csr.rows(users))
 
 
-def topk_unseen(tables: Tables, csr: TrainCSR, k: int, chunk: int = 1024) -> Tensor:
-    """(num_users, k) items of each user's top-k among items not seen in training, best first."""
+def topk_unseen(tables: Tables, csr: TrainCSR | None, k: int, chunk: int = 1024) -> Tensor:
+    """(num_users, k) items of each user's top-k among items not seen in training, best first
+    (csr None: among all items, train items included)."""
     n = tables.users.shape[0]
     k = min(k, tables.items.shape[0])
     out = []
     with torch.no_grad():
         for s in range(0, n, chunk):
             users = torch.arange(s, min(s + chunk, n), device=tables.users.device)
-            out.append(unseen_scores(tables, users, csr).topk(k, dim=1).indices)
+            scores = unseen_scores(tables, users, csr) if csr is not None else tables.users[users].float() @ tables.items.float().T
+            out.append(scores.topk(k, dim=1).indices)
     return torch.cat(out)
 
 

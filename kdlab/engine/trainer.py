@@ -196,8 +196,8 @@ class Trainer:
 
     # ----------------------------------------------------------------- epoch
     def epoch(self, epoch: int) -> dict[str, Any]:
+        self._enter(epoch)  # before the clock: building an optimiser is set-up, not training time
         t0 = time.perf_counter()
-        self._enter(epoch)
         torch.manual_seed(derive(self.setup.seed, epoch, 3))  # dropout etc.: same draws after resume
         for m in self.methods:
             m.on_epoch_start(epoch)

@@ -67,6 +67,9 @@ class EducationResult:
             parts.append(Text(f"{t['role']}: {t['params']:,} params, test {self.metric} {t['test_top1']:.2f} "
                               f"(on its {t['classes']} classes)"))
         header, rows = comparison_rows(self.results, self.metric, "ce" if "ce" in self.results else None, label="method")
+        header.insert(3, "steps per run")
+        for row, runs in zip(rows, self.results.values()):
+            row.insert(3, "/".join(sorted({f"{r['steps']:,}" for r in runs if "steps" in r})) or "–")
         parts.append(rich_table(header, rows, title=f"{self.name}: final test {self.metric}, mean ± std over seeds"))
         gh = ["after grade (epochs)"] + [f"group {k + 1}" for k in range(len(self.groups))]
         ends = self.grade_starts[1:] + [None]
@@ -85,6 +88,15 @@ def baseline_methods(name: str, p: EducationParams) -> list[MethodSpec]:
     if name == "ce":
         return [MethodSpec(name="ce")]
     return [MethodSpec(name="ce", weight=p.alpha), MethodSpec(name=name, weight=1 - p.alpha, tau=p.tau)]
+
+
+def ed_stage(exp, data, task, seed, variant, plan, teachers, p: EducationParams, groups):
+    """One ED run: the student grown grade by grade under `p` (the pipeline's or an arm's)."""
+    return student_stage(
+        exp, data, task, methods=[], seed=seed, variant=variant, label=f"{variant} seed {seed}",
+        curriculum=EducationCurriculum(plan, teachers, p),
+        record={"education": p.model_dump(mode="json", exclude={"arms"}), "groups": groups},
+    )
 
 
 def _teacher_info(role, model, data, task, classes) -> dict:
@@ -147,20 +159,23 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
 
     histories = []
     for seed in exp.seeds:
-        stage = run_stage(ctx, student_stage(
-            exp, data, task, methods=[], seed=seed, variant="ed", label=f"ed seed {seed}",
-            curriculum=EducationCurriculum(plan, teachers, p),
-            record={"education": p.model_dump(mode="json"), "groups": groups},
-        ))
+        stage = run_stage(ctx, ed_stage(exp, data, task, seed, "ed", plan, teachers, p, groups))
         histories.append(stage.result.history)
         out.results.setdefault("ed", []).append(stage.row())
+    for name in p.arms:
+        ap = p.arm(name)
+        arm_plan = plan_grades(ap, groups, body, exp.train.epochs)
+        for seed in exp.seeds:
+            stage = run_stage(ctx, ed_stage(exp, data, task, seed, name, arm_plan, teachers, ap, groups))
+            out.results.setdefault(name, []).append(stage.row())
 
     for name in p.baselines:
         methods = baseline_methods(name, p)
         ts = [] if name == "ce" else generalists[:1] if name == "kd" else generalists[: p.baseline_teachers]
         for seed in exp.seeds:
             stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=name, teachers=ts))
-            out.results.setdefault(name, []).append(stage.row())
+            steps = exp.train.epochs * -(-len(data.train) // exp.data.batch_size)
+            out.results.setdefault(name, []).append({"steps": steps, **stage.row()})
 
     if ctx.env.main:
         from kdlab.report.forgetting import forgetting_plot

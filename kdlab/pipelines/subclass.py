@@ -95,12 +95,17 @@ def run_subclass(exp: Experiment, ctx: RunContext):
         raise KdlabError("the subclass pipeline needs a `teacher:` section (a subclass-head model trained with ce + subclass_aux)")
     if params.fractions is None and params.steps is None:
         return compare(exp, ctx, load_data(exp.data).to(ctx.device), params.table)
-    sweep = None
+    sweep, every = None, None
     for fraction in params.fractions or [exp.data.train_fraction]:
         fexp = exp.model_copy(update={"data": exp.data.model_copy(update={"train_fraction": fraction})})
         data = load_data(fexp.data).to(ctx.device)
+        per_epoch = -(-len(data.train) // exp.data.batch_size)
         epochs, steps = budget(len(data.train), exp.data.batch_size, params.steps or 0, exp.train.epochs)
-        fexp = fexp.model_copy(update={"train": exp.train.model_copy(update={"epochs": epochs})})
+        # Validate and checkpoint as often in steps as at the first fraction (not every epoch of
+        # one batch): the best-validation pick has the same chances, and tiny epochs stay cheap.
+        every = every or {k: getattr(exp.train, k) * per_epoch for k in ("eval_every", "checkpoint_every")}
+        train = {"epochs": epochs, **{k: max(1, round(v / per_epoch)) for k, v in every.items()}}
+        fexp = fexp.model_copy(update={"train": exp.train.model_copy(update=train)})
         ctx.log(f"student data {fraction:g} of the training split: {len(data.train)} examples, {epochs} epochs = {steps} steps")
         result = compare(fexp, ctx, data, params.table and fraction == (params.fractions or [fraction])[0])
         sweep = sweep or SubclassSweep(exp.name, result.metric)

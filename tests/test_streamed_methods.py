@@ -81,7 +81,8 @@ def test_education_refuses_streamed_data_in_one_line(tmp_path, capsys):
            "teacher": {"model": {"name": "mlp", "params": {"hidden": [32]}}, "train": TEACHER_TRAIN},
            "student": {"name": "mlp", "params": {"hidden": [16, 16, 16]}}, "train": TRAIN,
            "pipeline": {"name": "education", "groups": 3, "partition": "superclass", "grade_epochs": [0, 2, 4]}}
-    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, cfg)), "education", "data.stream: false")
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, cfg), "--store", tmp_path / "store", "--quiet"),
+                 "education", "data.stream: false")
     assert not Path(tmp_path, "store").exists() or not RunStore(str(tmp_path / "store")).rows()
 
 
@@ -111,3 +112,12 @@ def test_subclass_table_on_streamed_data(tmp_path):
                               parse_overrides([*OVERRIDES, f"data.stream={str(stream).lower()}", "data.workers=0"]))
         counts[stream] = run_experiment(validate(raw), store=str(tmp_path / f"s{stream}"), progress=False).counts
     assert counts[True].shape == (10, 10) and torch.equal(counts[True], counts[False])
+
+
+def test_teacher_cache_refuses_streamed_data_in_one_line(tmp_path, capsys):
+    from helpers import TINY
+
+    cfg = {**TINY, "data": {**TINY["data"], "stream": True, "workers": 0},
+           "teacher": {**TINY["teacher"], "cache": True}}
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, cfg), "--store", tmp_path / "store", "--quiet"),
+                 "teacher 0's cache", "streamed", "data.stream: false")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_clear, assert_pinned, cli, run_bad, write_config
+from helpers import assert_clear, assert_pinned, cli, history, run_bad, write_config
 from kdlab.config.schema import DataSpec
 from kdlab.data.stream import materialize
 from kdlab.methods.base import MethodContext, Outputs
@@ -199,6 +199,12 @@ def test_bert_teacher_distils_into_a_smaller_bert_on_word_tags(ner, tmp_path, ca
     assert_pinned({"teacher_acc": teacher["test_acc"], "student_acc": student["test_acc"], "student_loss": student["test_loss"],
                    "train_kd": hist[-1]["train_kd"]},
                   {"teacher_acc": 100.0, "student_acc": 84.0, "student_loss": 0.8959681701660156, "train_kd": 0.3199390172958374})
+    # teacher.cache: the stored teacher's logits (B, T, C) read from the cache, the same student run
+    cached = {**cfg, "teacher": {**cfg["teacher"], "cache": True}}
+    assert cli("run", write_config(tmp_path, cached, name="cached.yaml"), "--store", store, "--quiet") == 0
+    (again,) = [r for r in RunStore(store).rows() if r["kind"] == "student" and r["id"] != runs["student"]["id"]]
+    assert history(again["path"], timeless=True) == history(runs["student"]["path"], timeless=True)
+    assert len(list(Path(store, "cache").iterdir())) == 1  # built once, from the stored teacher
     # the saved Hugging Face folder scores what the run measured, counted word by word
     data = load_data(DataSpec(**_data(d, tok)))
     model = AutoModelForTokenClassification.from_pretrained(Path(runs["student"]["path"]) / "hf", local_files_only=True)

@@ -222,7 +222,7 @@ def test_bert_teacher_distils_into_a_smaller_bert_on_word_tags(ner, tmp_path, ca
     assert _word_accuracy(exported, data) == pytest.approx(student["test_acc"], abs=1e-6)
 
 
-def test_missing_tags_column_is_refused(ner, tmp_path, capsys):
+def test_bad_token_classification_data_is_refused(ner, tmp_path, capsys):
     d, tok, _ = ner
     cfg = {"name": "bad", "seeds": [0], "device": "cpu", "methods": [{"name": "ce"}],
            "data": _data(d, tok, columns={"x": "tokens", "y": "labels"}),
@@ -230,3 +230,15 @@ def test_missing_tags_column_is_refused(ner, tmp_path, capsys):
            "train": {"epochs": 1, "optimizer": {"name": "adam", "lr": 0.01, "weight_decay": 0.0}}}
     assert_clear(*run_bad(capsys, "run", write_config(tmp_path, cfg)),
                  "data.params.columns.y", "no column 'labels'", "tokens, tags")
+    # words without a tokenizer to split them into sub-tokens
+    no_tok = {**cfg, "data": _data(d, tok)}
+    no_tok["data"]["params"].pop("tokenizer_path")
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, no_tok, name="n.yaml")),
+                 "token_classification", "data.params.tokenizer_path")
+    # a row whose tags do not match its words one to one
+    rows = _sentences(20)
+    rows[3]["tags"] = rows[3]["tags"][:-1]
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    short = {**cfg, "data": _data(d, tok, path=str(tmp_path / "short.jsonl"))}
+    assert_clear(*run_bad(capsys, "run", write_config(tmp_path, short, name="s.yaml")),
+                 "words but", "one tag per word")

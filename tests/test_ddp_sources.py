@@ -52,16 +52,45 @@ def test_hf_bert_token_classifiers_under_two_process_ddp(tmp_path):
     _compare(single, multi, "acc")
 
 
+# Loaded at start-up by every Python process of the runs (sitecustomize): logs the sample
+# positions of each streamed training batch, per process (single, rank0, rank1).
+BATCH_LOG = """
+import json, os
+from kdlab.engine import streaming
+
+_iter = streaming.StreamLoader.__iter__
+
+def _logged(self):
+    name = f"rank{os.environ['RANK']}" if "WORLD_SIZE" in os.environ else "single"
+    for batch in _iter(self):
+        if self.shuffle:  # training batches
+            with open(os.path.join(os.environ["KDLAB_TEST_BATCH_LOG"], name + ".jsonl"), "a") as f:
+                f.write(json.dumps(batch["index"].tolist()) + "\\n")
+        yield batch
+
+streaming.StreamLoader.__iter__ = _logged
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_streamed_data_under_two_process_ddp(tmp_path):
     """Digits read sample by sample by a loader worker on each rank; MLPs without batch norm or
-    dropout, so one process and two see the same global batches and gradients."""
+    dropout, so one process and two see the same global batches and gradients. Each rank reads
+    its own half of every global batch of the single-process run, and nothing else."""
+    import os
+
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(BATCH_LOG)
+    (tmp_path / "log").mkdir()
+    env = {"PYTHONPATH": f"{tmp_path / 'hook'}{os.pathsep}{os.getcwd()}", "KDLAB_TEST_BATCH_LOG": str(tmp_path / "log")}
     cfg = {**TINY, "data": {**TINY["data"], "stream": True, "workers": 1},
            "train": {"epochs": 2, "optimizer": {"name": "sgd", "lr": 0.1}}}
-    single, multi = single_and_two_process_runs(tmp_path, write_config(tmp_path, cfg))
+    single, multi = single_and_two_process_runs(tmp_path, write_config(tmp_path, cfg), env)
     _compare(single, multi, "top1")
-    # the runs did stream: their stored config says so
-    for store in (single, multi):
-        (row,) = [r for r in RunStore(store).rows() if r["kind"] == "student"]
-        assert "stream: true" in Path(row["path"], "config.yaml").read_text()
+    logs = {n: [json.loads(l) for l in (tmp_path / "log" / f"{n}.jsonl").read_text().splitlines()]
+            for n in ("single", "rank0", "rank1")}
+    # teacher then student, 2 epochs each, every training batch of the split
+    assert len(logs["single"]) == len(logs["rank0"]) == len(logs["rank1"]) == 2 * 2 * 20
+    for whole, a, b in zip(logs["single"], logs["rank0"], logs["rank1"]):
+        assert not set(a) & set(b) and sorted(a + b) == sorted(whole) and abs(len(a) - len(b)) <= 1

@@ -113,6 +113,7 @@ def test_ablation_arms_share_teachers_and_report_steps(store):
     assert_pinned({f"{k}_{m}": v[0][f"test_{m}"] for k, v in result.results.items() for m in ("top1", "loss")}, ARM_PINS)
     text = render_text(result)
     assert "steps per run" in text and "mixed" in text
+    assert Path(result.arms_plot_path).is_file() and Path(result.arms_plot_path).stat().st_size > 1000
 
 
 ARM_PINS = {"ed_top1": 41.6667, "mixed_top1": 41.6667, "one_grade_top1": 47.2222, "ce_top1": 41.6667,

@@ -44,6 +44,7 @@ class EducationResult:
     results: dict[str, list[dict]] = field(default_factory=dict)
     teachers: list[dict] = field(default_factory=list)
     plot_path: Optional[str] = None
+    arms_plot_path: Optional[str] = None  # with ablation arms: every row's final test accuracy
 
     def grade_table(self) -> list[list[tuple[float, float] | None]]:
         """[grade][group] -> (mean, std) of the test accuracy on the group at the grade's end."""
@@ -81,6 +82,8 @@ class EducationResult:
         parts.append(rich_table(gh, grows, title="ED: test accuracy on each group at the end of each grade"))
         if self.plot_path:
             parts.append(Text(f"forgetting plot: {self.plot_path}"))
+        if self.arms_plot_path:
+            parts.append(Text(f"ablation plot: {self.arms_plot_path}"))
         return Group(*parts)
 
 
@@ -190,4 +193,10 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
         out.plot_path = str(forgetting_plot(histories, len(groups), plan.starts, target,
                                             title=f"{exp.name}: ED accuracy per class group ({len(exp.seeds)} seeds)"))
         ctx.log(f"forgetting plot: {out.plot_path}")
+        if p.arms:
+            from kdlab.report.arms import arms_plot
+
+            out.arms_plot_path = str(arms_plot(out.results, task.primary_metric, target.with_name("arms.png"),
+                                               reference="ce", title=f"{exp.name} ({len(exp.seeds)} seeds)"))
+            ctx.log(f"ablation plot: {out.arms_plot_path}")
     return out

@@ -236,8 +236,13 @@ class TrainSpec(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     grad_clip: Optional[Float] = Field(None, gt=0)
-    amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
+    # Mixed precision (autocast): bf16 on CUDA or the CPU; fp16 (loss-scaled) on CUDA only.
+    amp: bool = False
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    # torch.compile the student + methods module (needs a C++ compiler on the CPU), and NHWC
+    # memory format for convolutional models and images: see docs/speed.md for when they pay.
+    compile: bool = False
+    channels_last: bool = False
     # Write the full (resumable) checkpoint every N epochs and at the last; a resumed run
     # replays the epochs after the last one written, exactly.
     checkpoint_every: Int = Field(1, ge=1)
@@ -246,7 +251,8 @@ class TrainSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1})
+        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1, "compile": False,
+                                             "channels_last": False})
 
 
 def _default_methods() -> list[MethodSpec]:

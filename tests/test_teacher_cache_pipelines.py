@@ -75,6 +75,7 @@ def test_pipelines_that_do_not_read_the_cache_refuse_it(tmp_path, capsys, pipeli
     cfg = write_config(tmp_path, pipeline=pipeline, methods=[{"name": "ce"}],
                        teacher={**TINY["teacher"], "cache": True})
     store = tmp_path / "s"
+    assert_clear(*run_bad(capsys, "validate", cfg), *needles)  # a config error: `kdlab validate` says so
     assert_clear(*run_bad(capsys, "run", cfg, "--store", str(store)), *needles)
     assert not RunStore(str(store)).rows()  # refused before anything trained
 

@@ -376,7 +376,18 @@ class Experiment(Strict):
         needing = [m.name for ms in self.method_sets().values() for m in ms if needs_teacher(m)]
         if needing and not self.all_teachers():
             raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
+        self._check_cache_reader()
         return self
+
+    def _check_cache_reader(self) -> None:
+        """teacher.cache is refused, not ignored, by a pipeline that does not read it."""
+        name = self.pipeline.name if self.pipeline else "distill"
+        entry = PIPELINES.get(name)
+        if any(t.cache for t in self.all_teachers()) and not entry.extra.get("teacher_cache"):
+            readers = ", ".join(n for n in PIPELINES.names() if PIPELINES.get(n).extra.get("teacher_cache"))
+            hint = entry.extra.get("cache_hint", f"the pipelines that read it: {readers}")
+            raise ValueError(f"pipeline '{name}' does not read teacher.cache (it computes its teachers' outputs "
+                             f"itself): remove teacher.cache; {hint}")
 
     def uses_teacher(self) -> bool:
         """Whether a method reads a teacher or the student is initialised from one."""

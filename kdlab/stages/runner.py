@@ -27,11 +27,6 @@ def run_experiment(
     if exp.variants and not entry.extra.get("variants", True):
         raise KdlabError(f"pipeline '{name}' compares its own fixed set of runs and does not read `variants`; "
                          "remove `variants` (or use `methods`)")
-    if any(t.cache for t in exp.all_teachers()) and not entry.extra.get("teacher_cache", False):
-        readers = ", ".join(n for n in PIPELINES.names() if PIPELINES.get(n).extra.get("teacher_cache"))
-        hint = entry.extra.get("cache_hint", f"the pipelines that read it: {readers}")
-        raise KdlabError(f"pipeline '{name}' does not read teacher.cache (its teachers' outputs are computed as it "
-                         f"trains): remove teacher.cache; {hint}")
     dev = resolve_device(device or exp.device)
     if any(t.compile for t in (exp.train, *(s.train for s in exp.all_teachers() if s.train))):
         check_compile(dev)  # before anything trains, not at the first compiled step

@@ -18,6 +18,7 @@ import torch
 from helpers import TINY, checkpoint, cli, history, same_tensors, single_and_two_process_runs, write_config
 from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec
 from kdlab.data.base import DataBundle, Split
+from kdlab.engine.fast_step import check_compile
 from kdlab.engine.trainer import Trainer, TrainSetup
 from kdlab.registry import MODELS
 from kdlab.seeding import seed_everything
@@ -56,9 +57,7 @@ def _compiled_graphs() -> int:
 
 @pytest.mark.slow
 def test_a_compiled_run_matches_eager_and_resumes_exactly(tmp_path):
-    import torch._dynamo
-
-    torch._dynamo.reset()
+    check_compile(torch.device("cpu"))  # the probe's own graph is counted before `before`
     eager = _run(tmp_path, "eager")
     before = _compiled_graphs()
     full = _run(tmp_path, "full", train={"compile": True})
@@ -94,6 +93,7 @@ def test_compiled_and_eager_checkpoints_resume_each_other(tmp_path):
         _close(history(full["path"], timeless=True), history(done["path"], timeless=True), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_train_compile_without_a_compiler_is_refused_before_training(tmp_path):
     """A real probe, in a fresh process with no C++ compiler and no kernel cache."""
     cfg = write_config(tmp_path, teacher=TEACHER, train={**TRAIN, "compile": True})
@@ -159,9 +159,16 @@ def test_channels_last_puts_convolutions_and_images_in_nhwc(on):
 
 
 def test_channels_last_leaves_a_model_without_convolutions_alone():
+    """No NHWC copies of the images for a student that would flatten them back: the same
+    inputs, the same numbers bit for bit."""
     trainer, _ = _trainer(_spec(channels_last=True), student="mlp")
+    seen: list = []
+    hook = trainer.student.register_forward_pre_hook(lambda m, args: seen.append(args[0]) if torch.is_grad_enabled() else None)
+    nhwc = trainer.fit().history[0]["train_total"]
+    hook.remove()
+    assert len(seen) == 3 and all(x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last) for x in seen)
     eager, _ = _trainer(_spec(), student="mlp")
-    assert trainer.fit().history[0]["train_total"] == eager.fit().history[0]["train_total"]
+    assert nhwc == eager.fit().history[0]["train_total"]
 
 
 def test_bf16_autocast_runs_the_cpu_step_in_bf16_without_loss_scaling():

@@ -54,7 +54,6 @@ def _params(store, variant) -> int:
     return _trained(store)[variant]["summary"]["params"]
 
 
-@pytest.mark.slow
 def test_ban_caches_each_generation_for_the_next_and_changes_nothing(tmp_path):
     ban = {"name": "ban", "generations": 2, "distill": [{"name": "kd", "tau": 1.0}]}
     plain, cached = str(tmp_path / "plain"), str(tmp_path / "cached")

@@ -2,10 +2,10 @@
 --fast`): train.compile, train.channels_last, bf16 autocast (train.amp) and all three.
 
 Each setting gets one trainer, built and warmed up once (a pass over the batches: compiling
-happens there, not in the timed rounds); then rounds run every setting's steps back to back
-(eager, compile, channels_last, ...; the first of a round rotates) and each setting's ratio is the median of its
-per-round ratios to the eager step of the same round, so load that drifts between rounds on a
-shared machine cancels out. The step timed is the engine's own (`Trainer.step`: teacher
+happens there, not in the timed rounds). A round runs step 1 of every setting, then step 2
+of every setting, ... (who goes first rotates), and each setting's ratio is the median of its
+per-round ratios to the eager steps of the same round: load that drifts on a shared machine
+falls on all settings alike. The step timed is the engine's own (`Trainer.step`: teacher
 forward, student + methods forward, backward, optimiser), evaluation excluded.
 """
 
@@ -61,12 +61,14 @@ def ready(s: BenchSetup, train: dict) -> Ready:
 
 def _steps(trainer: Trainer, batches: list) -> float:
     """Seconds per step over the batches (the loss read once at the end: one host sync)."""
+    return sum(_step(trainer, batches, i) for i in range(len(batches))) / len(batches)
+
+
+def _step(trainer: Trainer, batches: list, i: int) -> float:
+    """Seconds of step i, its loss read back (the host waits for the device)."""
     t0 = time.perf_counter()
-    total = None
-    for i, batch in enumerate(batches):
-        total = trainer.step(batch, i / len(batches))["total"]
-    float(total)
-    return (time.perf_counter() - t0) / len(batches)
+    float(trainer.step(batches[i], i / len(batches))["total"])
+    return time.perf_counter() - t0
 
 
 def run(s: BenchSetup | None = None, settings: list[str] | None = None, log=print) -> dict:
@@ -78,8 +80,14 @@ def run(s: BenchSetup | None = None, settings: list[str] | None = None, log=prin
         log(f"  {n}: ready (first pass {setups[n].warmup_s:.1f} s)")
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(s.repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:  # who goes first rotates
-            times[n].append(_steps(setups[n].trainer, setups[n].batches))
+        # Step by step, every setting in turn (who goes first rotates): load that changes
+        # within a round falls on all settings alike.
+        spent = dict.fromkeys(names, 0.0)
+        for i in range(s.steps):
+            for n in names[(r + i) % len(names):] + names[: (r + i) % len(names)]:
+                spent[n] += _step(setups[n].trainer, setups[n].batches, i)
+        for n in names:
+            times[n].append(spent[n] / s.steps)
         log(f"  round {r + 1}/{s.repeats}: " + ", ".join(f"{n} {v[-1] * 1e3:.1f} ms" for n, v in times.items()))
     base = times["eager float32"]
     return {

@@ -25,7 +25,8 @@ from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import FORMAT, load_model_state, read_resumable
 from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.evaluation import evaluate
-from kdlab.engine.fast_step import amp_enabled, channels_last, channels_last_batch, check_compile, compile_in_place
+from kdlab.engine.fast_step import (amp_enabled, channels_last, channels_last_batch, check_compile, compile_in_place,
+                                    is_convolutional)
 from kdlab.engine.loader import TensorLoader, make_loader
 from kdlab.engine.module import DistillModule, teacher_outputs
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
@@ -187,7 +188,8 @@ class Trainer:
             return
         old = self.opt
         self.module = module.to(self.device)
-        if self.spec.channels_last:
+        self.nhwc = self.spec.channels_last and is_convolutional(self.module)  # images made NHWC in the step
+        if self.nhwc:
             channels_last(self.module)
         if self.spec.compile:  # in place and inside DDP: see kdlab.engine.fast_step
             compile_in_place(self.module)
@@ -290,7 +292,7 @@ class Trainer:
         set_lr(self.opt, self.spec.optimizer.lr, lr_factor(self.spec.schedule, t, self.spec.epochs))
         for m in self.methods:
             batch = m.transform_batch(batch)
-        if self.spec.channels_last:
+        if self.nhwc:
             batch = channels_last_batch(batch)
         teachers = self.curriculum.teacher_outputs(batch)
         with self.autocast():

@@ -1,7 +1,8 @@
 """The faster step (kdlab.engine.fast_step): train.compile gives eager's metrics within float
 tolerance, resumes exactly, and writes the same checkpoints as eager (no `_orig_mod.` names,
-interchangeable both ways); without a C++ compiler it is refused before training in one line;
-train.channels_last puts convolution weights and images in NHWC; train.amp with bf16 runs
+interchangeable both ways), and under torchrun (compiled inside DDP) matches one process;
+without a C++ compiler it is refused before training in one line; train.channels_last puts
+convolution weights and images in NHWC (and leaves an MLP alone); train.amp with bf16 runs
 the step under CPU autocast without loss scaling."""
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from kdlab.engine.checkpoint import FORMAT, load_model_state, read_resumable
 from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.evaluation import evaluate
 from kdlab.engine.fast_step import (amp_enabled, channels_last, channels_last_batch, check_compile, compile_in_place,
-                                    is_convolutional)
+                                    compiled, is_convolutional)
 from kdlab.engine.loader import TensorLoader, make_loader
 from kdlab.engine.module import DistillModule, teacher_outputs
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
@@ -107,6 +107,9 @@ class Trainer:
             self.teachers = [channels_last(t) for t in self.teachers]
         if s.train.compile:
             check_compile(s.device)
+        # What runs the teachers' forward: compiled wrappers with train.compile (the modules
+        # themselves keep their names, for the feature taps, and are not changed).
+        self.teacher_calls = [compiled(t) for t in self.teachers] if s.train.compile else self.teachers
         self.amp_dtype = torch.bfloat16 if s.train.amp_dtype == "bf16" else torch.float16
         # Always present, a no-op unless fp16 needs loss scaling; its state is checkpointed.
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=self.amp_on and self.amp_dtype == torch.float16)
@@ -324,7 +327,7 @@ class Trainer:
         caches = self.setup.teacher_caches or [None] * len(self.teachers)
         return [c.teacher_outputs(batch) if c is not None and c.holds(batch)
                 else teacher_outputs(self.task, t, tap, batch, self.autocast())
-                for t, tap, c in zip(self.teachers, self.teacher_taps, caches)]
+                for t, tap, c in zip(self.teacher_calls, self.teacher_taps, caches)]
 
     def evaluate(self, model: nn.Module, split) -> dict[str, float]:
         return evaluate(model, split, self.task, self.data.prepare, self.setup.eval_batch_size, self.autocast())

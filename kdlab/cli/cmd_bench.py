@@ -23,6 +23,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokens", type=int, default=512, help="lm-loss: tokens per sequence")
     p.add_argument("--chunk-tokens", type=int, default=None, help="lm-loss: tokens per chunk (default: automatic)")
     p.add_argument("--divergences", default=None, help="lm-loss: comma-separated (default: all seven)")
+    p.add_argument("--fast", action="store_true",
+                   help="step: train.compile, channels_last and bf16 autocast against eager float32 on the same KD step")
     p.add_argument("--every", type=positive_int, default=5, help="epoch: checkpoint_every and eval_every to compare with 1")
     p.add_argument("--images", type=positive_int, default=2048, help="loader: images in the folder")
     p.add_argument("--image-size", type=positive_int, default=32, help="loader: image side in pixels")
@@ -46,6 +48,8 @@ def cmd_bench(args) -> int:
 
     s = BenchSetup(teacher=args.teacher, student=args.student, batch_size=args.batch_size, steps=args.steps,
                    repeats=args.repeats)
+    if args.fast:
+        return cmd_bench_fast_step(s)
     console.print(f"step overhead: teacher {s.teacher}, student {s.student}, batch {s.batch_size}, "
                   f"{s.steps} steps × {s.repeats} repeats, CPU threads {__import__('torch').get_num_threads()}")
     r = run(s, log=console.print)
@@ -59,6 +63,23 @@ def cmd_bench(args) -> int:
     console.print(f"engine overhead (kdlab KD / hand-written KD): {r['engine_overhead_ratio']:.3f}   "
                   f"distillation cost (kdlab KD / kdlab CE): {r['kd_over_ce_ratio']:.3f}   "
                   f"with the teacher cached (cached KD / kdlab CE): {r['cached_kd_over_ce_ratio']:.3f}")
+    return 0
+
+
+def cmd_bench_fast_step(s) -> int:
+    import torch
+
+    from kdlab.bench.fast_step import run
+    from kdlab.engine.fast_step import check_compile
+
+    check_compile(torch.device("cpu"))
+    console.print(f"faster step: teacher {s.teacher}, student {s.student}, KD (ce + kd), batch {s.batch_size}, "
+                  f"{s.steps} steps × {s.repeats} rounds, CPU threads {torch.get_num_threads()}")
+    r = run(s, log=console.print)
+    rows = [[n, f"{v['ms']:.1f} ms", f"{v['ratio']:.3f}", " ".join(f"{x:.2f}" for x in v["per_round"]),
+             f"{v['first_pass_s']:.1f} s"] for n, v in r.items()]
+    console.print(rich_table(["step", "median time", "÷ eager float32 (median of rounds)", "per round",
+                              "first pass (compiling)"], rows, title="faster step vs eager float32"))
     return 0
 
 

@@ -236,8 +236,13 @@ class TrainSpec(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     grad_clip: Optional[Float] = Field(None, gt=0)
-    amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
+    # Mixed precision (autocast): bf16 on CUDA or the CPU; fp16 (loss-scaled) on CUDA only.
+    amp: bool = False
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    # torch.compile the student + methods module (needs a C++ compiler on the CPU), and NHWC
+    # memory format for convolutional models and images: see docs/speed.md for when they pay.
+    compile: bool = False
+    channels_last: bool = False
     # Write the full (resumable) checkpoint every N epochs and at the last; a resumed run
     # replays the epochs after the last one written, exactly.
     checkpoint_every: Int = Field(1, ge=1)
@@ -246,7 +251,8 @@ class TrainSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1})
+        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1, "compile": False,
+                                             "channels_last": False})
 
 
 def _default_methods() -> list[MethodSpec]:
@@ -370,7 +376,18 @@ class Experiment(Strict):
         needing = [m.name for ms in self.method_sets().values() for m in ms if needs_teacher(m)]
         if needing and not self.all_teachers():
             raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
+        self._check_cache_reader()
         return self
+
+    def _check_cache_reader(self) -> None:
+        """teacher.cache is refused, not ignored, by a pipeline that does not read it."""
+        name = self.pipeline.name if self.pipeline else "distill"
+        entry = PIPELINES.get(name)
+        if any(t.cache for t in self.all_teachers()) and not entry.extra.get("teacher_cache"):
+            readers = ", ".join(n for n in PIPELINES.names() if PIPELINES.get(n).extra.get("teacher_cache"))
+            hint = entry.extra.get("cache_hint", f"the pipelines that read it: {readers}")
+            raise ValueError(f"pipeline '{name}' does not read teacher.cache (it computes its teachers' outputs "
+                             f"itself): remove teacher.cache; {hint}")
 
     def uses_teacher(self) -> bool:
         """Whether a method reads a teacher or the student is initialised from one."""

@@ -9,8 +9,8 @@ from kdlab.report.tables import rich_table
 def add_parsers(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: engine step overhead (step), per-method cost (methods), "
                                      "chunked vs naive LM divergence (lm-loss), streamed vs in-memory data (loader), "
-                                     "time outside the steps (epoch)")
-    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch"])
+                                     "time outside the steps (epoch), LM teacher-logit cache size and step time (lm-cache)")
+    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch", "lm-cache"])
     # Defaults depend on the benchmark: step resnet32->resnet8, 20 steps x 3; methods resnet20->resnet8, 10 x 2.
     p.add_argument("--teacher", default=None)
     p.add_argument("--student", default=None)
@@ -39,6 +39,8 @@ def cmd_bench(args) -> int:
         return cmd_bench_epoch(args)
     if args.what == "loader":
         return cmd_bench_loader(args)
+    if args.what == "lm-cache":
+        return cmd_bench_lm_cache(args)
     args.batch_size = args.batch_size or 64
     args.teacher, args.student = args.teacher or "resnet32", args.student or "resnet8"
     args.steps, args.repeats = args.steps or 20, args.repeats or 3
@@ -139,6 +141,26 @@ def cmd_bench_lm_loss(args) -> int:
              for r in rows]
     console.print(rich_table(["divergence", "naive ms", "chunked ms", "time ÷ naive", "naive extra MiB",
                               "chunked extra MiB", "memory ÷ naive"], table, title="chunked vs naive"))
+    return 0
+
+
+def cmd_bench_lm_cache(args) -> int:
+    from kdlab.bench.lm_cache import LMCacheSetup, run
+
+    s = LMCacheSetup(vocab=args.vocab if args.vocab != 32000 else 8192, batch_size=args.batch_size or 8,
+                     steps=args.steps or 10, repeats=args.repeats or 3)
+    console.print(f"LM teacher-logit cache: GPT-2 {s.teacher} -> {s.student}, vocabulary {s.vocab}, {s.batch_size} x "
+                  f"{s.tokens} tokens per step, {s.steps} steps x {s.repeats} interleaved rounds, CPU threads "
+                  f"{__import__('torch').get_num_threads()}", highlight=False)
+    r = run(s, log=console.print)
+    rows = [[k.removesuffix("_ms"), f"{v:.1f}"] for k, v in r.items() if k.endswith("_ms")]
+    console.print(rich_table(["step (fkl unless ce)", "median ms"], rows, title="step time"))
+    console.print(f"cached top-{s.k} / online: {r['topk_over_online']:.3f}; sampled {s.k} / online: "
+                  f"{r['sampled_over_online']:.3f}; online / ce: {r['online_over_ce']:.3f}; top-k / ce: {r['topk_over_ce']:.3f}",
+                  highlight=False)
+    sizes = [[x["mode"], str(x["k"]), f"{x['bytes']:,}", f"{x['tokens']:,}", f"{x['mib_per_million_tokens']:.1f}"]
+             for x in r["sizes"]]
+    console.print(rich_table(["cache", "k", "bytes", "tokens", "MiB per million tokens"], sizes, title="disk size"))
     return 0
 
 

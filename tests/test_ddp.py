@@ -77,10 +77,15 @@ LM_DDP = {
 
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_language_model_distillation_under_two_process_ddp_matches_single_process(tmp_path):
+@pytest.mark.parametrize("cache", [None, {"topk": 8}])
+def test_language_model_distillation_under_two_process_ddp_matches_single_process(tmp_path, cache):
     """The LM path (a transformer_lm teacher, a Hugging Face GPT-2 student, token-level forward
-    KL) under torchrun: same figures as one process, under the classification test's tolerances."""
-    single, multi = single_and_two_process_runs(tmp_path, write_config(tmp_path, LM_DDP))
+    KL; the teacher online, or read from a top-8 cache that rank 0 builds) under torchrun: same
+    figures as one process, under the classification test's tolerances."""
+    cfg = json.loads(json.dumps(LM_DDP))
+    if cache is not None:
+        cfg["teacher"]["cache"] = cache
+    single, multi = single_and_two_process_runs(tmp_path, write_config(tmp_path, cfg))
     a, b = RunStore(single).rows(), RunStore(multi).rows()
     assert len(b) == 2  # teacher + student, written once (by rank 0 only)
     for kind in ("teacher", "student"):

@@ -209,3 +209,22 @@ def test_a_bf16_teacher_teaches_within_bf16_rounding_and_the_student_stays_float
         assert eb["train_fkl"] == pytest.approx(ea["train_fkl"], rel=2e-2)
     state = checkpoint(student_run(half)["path"])["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("command, cache, extra, needle", [
+    ("cache-teacher", None, {}, "no teacher has a cache setting"),
+    ("cache-teacher", {"topk": 8}, {"pipeline": {"name": "on_policy", "prompt_len": 4}}, "generated"),
+    ("run", {"topk": 8}, {"pipeline": {"name": "on_policy", "prompt_len": 4}}, "remove teacher.cache"),
+    ("run", {"sampled": 8}, {"methods": [{"name": "ce"}, {"name": "jsd"}]}, "jsd"),
+    ("run", {"topk": 8, "sampled": 8}, {}, "not both"),
+])
+def test_cache_settings_that_cannot_work_are_refused_in_one_line(tmp_path, teachers, capsys, command, cache, extra, needle):
+    import yaml
+
+    cfg = config(tmp_path, teachers[0], cache)
+    d = yaml.safe_load(Path(cfg).read_text())
+    d.update(extra)
+    Path(cfg).write_text(yaml.safe_dump(d))
+    code, lines, err = run_bad(capsys, command, cfg, "--store", str(tmp_path / "s"), "--quiet")
+    assert_clear(code, lines, err, needle)
+    assert not Path(tmp_path, "s", "cache").exists()  # refused before anything was built

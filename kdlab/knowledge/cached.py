@@ -6,6 +6,10 @@ Without views the stored outputs are the teacher's own on the same samples: a fl
 gives the uncached run bit for bit. With `views: K`, the K augmented images of every sample
 are stored next to the teacher's outputs on them, and `pick` hands the student, each epoch,
 one of them (teacher and student see the same image).
+
+A top-k cache (k below the width) or a sampled cache answers with `SparseTeacherOutputs`: the
+token-level divergences read the sparse distribution, other methods get dense logits built on
+first use. A top-k cache with k >= the width holds every logit and answers with them exactly.
 """
 
 from __future__ import annotations

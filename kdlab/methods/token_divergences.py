@@ -27,6 +27,10 @@ intermediates are freed before the next chunk). Peak memory is the logits, their
 backward needs anyway) and one chunk's intermediates, whatever the sequence length. Value and
 gradient equal the unchunked loss (`chunk_tokens=None`, plain autograd on all tokens at once).
 The chunked loss is differentiable once (no double backward).
+
+**Sparse teachers**: the teacher may also be a top-k or sampled distribution read from a
+teacher-output cache (`kdlab.knowledge.sparse_logits`); the same reduction and chunking apply,
+the per-row values come from `sparse_divergences` (k + 1 buckets; the sampled forward KL).
 """
 
 from __future__ import annotations

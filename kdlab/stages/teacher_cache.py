@@ -3,7 +3,8 @@ training data, computed once and reused by every stage that distils from that te
 
 A cache is keyed by everything that determines it: the teacher's weights, the training data
 (its spec and its tensors), the preprocessing and augmentation, the views and their seed,
-the dtype, top-k and the tapped layers. It lives in `<store>/cache/<key>/` (or
+the dtype, top-k or sampled k and the tapped layers; for language models also the
+tokenizer, the maximum length and the mode (full, topk, sampled). It lives in `<store>/cache/<key>/` (or
 `teacher.cache.path`), is built under a store lock (concurrent runs build it once) in
 resumable shards, and is opened memory-mapped. One made from anything else is refused.
 """

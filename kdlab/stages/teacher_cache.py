@@ -4,9 +4,10 @@ training data, computed once and reused by every stage that distils from that te
 A cache is keyed by everything that determines it: the teacher's weights, the training data
 (its spec and its tensors), the preprocessing and augmentation, the views and their seed,
 the dtype, top-k or sampled k and the tapped layers; for language models also the
-tokenizer, the maximum length and the mode (full, topk, sampled). It lives in `<store>/cache/<key>/` (or
-`teacher.cache.path`), is built under a store lock (concurrent runs build it once) in
-resumable shards, and is opened memory-mapped. One made from anything else is refused.
+tokenizer, the maximum length and the mode (full, topk, sampled). It lives in
+`<store>/cache/<key>/` (or `teacher.cache.path`), is built under a store lock (concurrent
+runs build it once) in resumable shards, and is opened memory-mapped. One made from anything
+else is refused.
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ def made_from(spec: CacheSpec, teacher: nn.Module, stage, layers: list[str]) -> 
         "topk": spec.topk,
         "layers": layers,
         "task": stage.task.name,
-        **({"mode": spec.mode, "sampled": spec.sampled, "sample_seed": spec.seed if spec.sampled else None,
-            "tokenizer": tokenizer_fingerprint(data), "max_length": int(data.input_shape[0])}
+        **({"sampled": spec.sampled, "sample_seed": spec.seed} if spec.sampled else {}),
+        **({"mode": spec.mode, "tokenizer": tokenizer_fingerprint(data), "max_length": int(data.input_shape[0])}
            if stage.task.name == "lm" else {}),
     }
 
@@ -177,8 +178,8 @@ def obtain_cache(ctx, spec: CacheSpec, teacher: nn.Module, stage, layers: list[s
             else:
                 ctx.log(f"teacher {index}: building its output cache {path} ({rows} rows)")
                 compute, tap = _compute(teacher.to(ctx.device).eval(), stage, spec, layers, batch_size)
-                extra = {"samples": len(stage.data.train), "views": spec.views, "topk": spec.topk, "sampled": spec.sampled,
-                         "features": {layer: f"feature{i}" for i, layer in enumerate(layers)},
+                extra = {"samples": len(stage.data.train), "views": spec.views, "topk": spec.topk,
+                         "sampled": spec.sampled, "features": {layer: f"feature{i}" for i, layer in enumerate(layers)},
                          "teacher": f"{type(teacher).__name__} {sum(p.numel() for p in teacher.parameters()):,} params",
                          "width": int(stage.data.num_classes)}
                 try:

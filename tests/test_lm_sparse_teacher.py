@@ -145,3 +145,20 @@ def test_methods_read_a_sparse_teacher_and_refuse_what_it_cannot_give():
     dense = SparseTeacherOutputs(top, V).logits
     p = torch.softmax(dense, -1)
     assert torch.allclose(p.gather(-1, top.indices), torch.softmax(torch.tensor(TT, dtype=torch.float32), -1).gather(-1, top.indices))
+
+
+def test_the_student_buckets_gradient_is_the_autograd_one():
+    """The closed-form backward of the student's k + 1 log-probabilities against torch's
+    gradcheck (finite differences, float64), with a tail that holds almost nothing."""
+    from kdlab.methods.sparse_divergences import _StudentBuckets
+
+    s = torch.tensor(S.reshape(-1, V)[:5], requires_grad=True)
+    idx = torch.tensor(TT.reshape(-1, V)[:5]).topk(K, -1).indices
+    assert torch.autograd.gradcheck(lambda x: _StudentBuckets.apply(x, idx), (s,))
+    peaked = s.detach().clone()
+    peaked.scatter_(-1, idx, 30.0)  # the tail's mass ~ e^-30
+    assert torch.autograd.gradcheck(lambda x: _StudentBuckets.apply(x, idx), (peaked.requires_grad_(True),))
+    log_q = _StudentBuckets.apply(peaked, idx)
+    expected = torch.log_softmax(peaked, -1).detach()
+    tail = expected.scatter(-1, idx, float("-inf")).logsumexp(-1)
+    assert torch.allclose(log_q[:, -1], tail, rtol=1e-12) and torch.allclose(log_q[:, :-1], expected.gather(-1, idx))

@@ -35,14 +35,40 @@ from kdlab.knowledge.sparse_logits import SampledLogits, TopKLogits
 LOG_ZERO = -1e30
 
 
+class _StudentBuckets(torch.autograd.Function):
+    """log Q (n, k + 1) from student logits s (n, V) and the top-k ids, with one exponential
+    pass over the vocabulary and a closed-form backward (autograd through two logsumexps and a
+    scatter cost about as much as the dense divergence). With e = exp(s − max), z = Σ e and
+    z_tail = Σ_{v∉K} e_v (summed directly, so no cancellation however small the tail):
+
+        log Q_j = s_Kj − log z,   log Q_tail = log z_tail − log z
+        ∂L/∂s_v = [v = K_j]·g_j + [v ∉ K]·e_v·g_tail / z_tail − q_v·Σ_j g_j   (g = ∂L/∂log Q)
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, idx: Tensor):
+        m = s.amax(-1, keepdim=True)
+        e = (s - m).exp_()
+        z = e.sum(-1, keepdim=True)
+        e_tail = e.scatter(-1, idx, 0.0)
+        z_tail = e_tail.sum(-1, keepdim=True)
+        log_z = m + z.log()
+        log_q = torch.cat([s.gather(-1, idx), m + z_tail.log()], -1) - log_z
+        ctx.save_for_backward(e, z, e_tail, z_tail, idx)
+        return log_q
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        e, z, e_tail, z_tail, idx = ctx.saved_tensors
+        grad = e_tail * (g[:, -1:] / z_tail.clamp_min(torch.finfo(z_tail.dtype).tiny))
+        grad -= e * (g.sum(-1, keepdim=True) / z)
+        return grad.scatter_add_(-1, idx, g[:, :-1]), None
+
+
 def topk_buckets(s: Tensor, t: TopKLogits, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """(log Q, log P), each (n, k + 1): the student's and the teacher's log-probabilities of
     the teacher's top-k tokens and of everything else (the last column)."""
-    s = s.to(dtype)
-    idx = t.indices.long()
-    log_z = s.logsumexp(-1, keepdim=True)
-    s_tail = s.scatter(-1, idx, float("-inf")).logsumexp(-1, keepdim=True)
-    log_q = torch.cat([s.gather(-1, idx), s_tail], -1) - log_z
+    log_q = _StudentBuckets.apply(s.to(dtype), t.indices.long())
     tp = torch.cat([t.values.to(dtype), t.rest.to(dtype).unsqueeze(-1)], -1)
     log_p = tp - tp.logsumexp(-1, keepdim=True)
     return log_q.clamp_min(LOG_ZERO), log_p.clamp_min(LOG_ZERO)

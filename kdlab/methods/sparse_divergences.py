@@ -10,8 +10,8 @@ them, so both distributions are compared on the same k + 1 outcomes:
 
 and any divergence D of `token_divergences` is D(P, Q) on these k + 1 entries. The student is
 free in how it spreads its tail mass (no uniform tail is imposed on it); by the data-processing
-inequality each divergence on the lumped distributions is at most the full-vocabulary one, and
-with k = V (no tail) it is the full one.
+inequality each f-divergence (all but AKL) on the lumped distributions is at most the
+full-vocabulary one, and with k = V (no tail) every divergence is the full one.
 
 **Sampled: unbiased forward KL.** With x_1..x_k drawn from p with replacement,
 

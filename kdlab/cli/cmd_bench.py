@@ -9,8 +9,8 @@ from kdlab.report.tables import rich_table
 def add_parsers(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: engine step overhead (step), per-method cost (methods), "
                                      "chunked vs naive LM divergence (lm-loss), streamed vs in-memory data (loader), "
-                                     "time outside the steps (epoch)")
-    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch"])
+                                     "time outside the steps (epoch), LM teacher-logit cache size and step time (lm-cache)")
+    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch", "lm-cache"])
     # Defaults depend on the benchmark: step resnet32->resnet8, 20 steps x 3; methods resnet20->resnet8, 10 x 2.
     p.add_argument("--teacher", default=None)
     p.add_argument("--student", default=None)
@@ -41,6 +41,8 @@ def cmd_bench(args) -> int:
         return cmd_bench_epoch(args)
     if args.what == "loader":
         return cmd_bench_loader(args)
+    if args.what == "lm-cache":
+        return cmd_bench_lm_cache(args)
     args.batch_size = args.batch_size or 64
     args.teacher, args.student = args.teacher or "resnet32", args.student or "resnet8"
     args.steps, args.repeats = args.steps or 20, args.repeats or 3
@@ -160,6 +162,27 @@ def cmd_bench_lm_loss(args) -> int:
              for r in rows]
     console.print(rich_table(["divergence", "naive ms", "chunked ms", "time ÷ naive", "naive extra MiB",
                               "chunked extra MiB", "memory ÷ naive"], table, title="chunked vs naive"))
+    return 0
+
+
+def cmd_bench_lm_cache(args) -> int:
+    from kdlab.bench.lm_cache import LMCacheSetup, run
+
+    s = LMCacheSetup(vocab=args.vocab if args.vocab != 32000 else 8192, batch_size=args.batch_size or 8,
+                     steps=args.steps or 10, repeats=args.repeats or 3)
+    console.print(f"LM teacher-logit cache: GPT-2 {s.teacher} -> {s.student}, vocabulary {s.vocab}, {s.batch_size} x "
+                  f"{s.tokens} tokens per step, {s.steps} steps x {s.repeats} interleaved rounds, CPU threads "
+                  f"{__import__('torch').get_num_threads()}", highlight=False)
+    r = run(s, log=console.print)
+    names = ("online_fkl", "topk_fkl", "sampled_fkl", "ce")
+    rows = [[n, f"{r[n + '_cpu_ms']:.1f}", f"{r[n + '_wall_ms']:.1f}"] for n in names]
+    console.print(rich_table(["step (fkl unless ce)", "median CPU ms", "median wall ms"], rows, title="step time"))
+    ratios = ("topk_over_online", "sampled_over_online", "online_over_ce", "topk_over_ce", "sampled_over_ce")
+    console.print(rich_table(["ratio (median of the rounds')", "CPU time", "wall time"],
+                             [[k, f"{r[k]:.3f}", f"{r['wall_' + k]:.3f}"] for k in ratios], title=f"k = {s.k}"))
+    sizes = [[x["mode"], str(x["k"]), f"{x['bytes']:,}", f"{x['tokens']:,}", f"{x['mib_per_million_tokens']:.1f}"]
+             for x in r["sizes"]]
+    console.print(rich_table(["cache", "k", "bytes", "tokens", "MiB per million tokens"], sizes, title="disk size"))
     return 0
 
 

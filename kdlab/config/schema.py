@@ -271,8 +271,21 @@ class CacheSpec(Strict):
     dtype: Literal["float32", "float16"] = "float32"
     # Keep only the k largest logits per output (+ the remaining log-mass): for many classes.
     topk: Optional[Int] = Field(None, ge=1)
+    # Or k token ids per output drawn from the teacher (seeded by `seed`) and its entropy:
+    # an unbiased forward-KL estimate (fkl only; docs/llm.md).
+    sampled: Optional[Int] = Field(None, ge=1)
     # Where to keep it (default: <store>/cache/<key>); one made from anything else is refused.
     path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if self.topk and self.sampled:
+            raise ValueError("teacher.cache takes topk or sampled, not both")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return "topk" if self.topk else "sampled" if self.sampled else "full"
 
 
 class TeacherSpec(Strict):
@@ -286,6 +299,9 @@ class TeacherSpec(Strict):
     methods: Optional[list[MethodSpec]] = None
     seed: Optional[Int] = None  # default: the experiment's first seed
     cache: Optional[CacheSpec] = None  # reuse the teacher's outputs across students (see CacheSpec)
+    # bf16: the trained or loaded teacher is held in bfloat16 while it teaches (its outputs are
+    # upcast to float32 for the losses); the student trains in float32 whatever this says.
+    dtype: Literal["float32", "bf16"] = "float32"
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -294,7 +310,7 @@ class TeacherSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_defaults(handler(self), {"cache": None})
+        return omit_defaults(handler(self), {"cache": None, "dtype": "float32"})
 
 
 class PipelineSpec(BaseModel):

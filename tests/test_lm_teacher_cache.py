@@ -213,7 +213,7 @@ def test_a_bf16_teacher_teaches_within_bf16_rounding_and_the_student_stays_float
 
 @pytest.mark.parametrize("command, cache, extra, needle", [
     ("cache-teacher", None, {}, "no teacher has a cache setting"),
-    ("cache-teacher", {"topk": 8}, {"pipeline": {"name": "on_policy", "prompt_len": 4}}, "generated"),
+    ("cache-teacher", {"topk": 8}, {"pipeline": {"name": "on_policy", "prompt_len": 4}}, "does not read teacher.cache"),
     ("run", {"topk": 8}, {"pipeline": {"name": "on_policy", "prompt_len": 4}}, "remove teacher.cache"),
     ("run", {"sampled": 8}, {"methods": [{"name": "ce"}, {"name": "jsd"}]}, "jsd"),
     ("run", {"topk": 8, "sampled": 8}, {}, "not both"),

@@ -1,6 +1,6 @@
 """What sequence-level and on-policy distillation of language models refuse before anything
 trains, each in one line: data that is not language modelling, a prompt longer than the
-data's windows, a teacher-output cache (it holds no generated tokens), a teacher and student with different vocabularies, a model that cannot decode
+data's windows, a teacher and student with different vocabularies, a model that cannot decode
 token by token, or sequences longer than a model's positions."""
 
 from __future__ import annotations
@@ -35,9 +35,6 @@ def check_lm_recipe(exp: Experiment, data: DataBundle, task: Task, recipe: str, 
     teachers = exp.all_teachers()
     if len(teachers) != 1:
         raise KdlabError(f"pipeline '{recipe}' needs exactly one teacher (a `teacher:` section); got {len(teachers)}")
-    if teachers[0].cache is not None:  # the cache holds the teacher on the data's tokens, not on generated ones
-        raise KdlabError(f"pipeline '{recipe}' runs the teacher on generated tokens, which a teacher-output cache "
-                         "(made on the training data) does not hold: remove teacher.cache")
     t_data = load_data(teachers[0].data) if teachers[0].data is not None else data
     if teachers[0].data is not None:
         check_same_tokenizer(t_data, data, "teacher", teachers[0].data.name, exp.data.name)

@@ -97,7 +97,7 @@ def test_token_level_kd_on_capped_pydoc(store):
         "name": "tiny_kd_lm",
         "seeds": [0],
         "device": "cpu",
-        "data": {"name": "pydoc", "params": {"seq_len": 16, "max_tokens": 4000, "max_vocab": 150}, "batch_size": 16, "eval_batch_size": 64},
+        "data": {"name": "pydoc", "params": {"split": "contiguous", "seq_len": 16, "max_tokens": 4000, "max_vocab": 150}, "batch_size": 16, "eval_batch_size": 64},
         "teacher": {"model": {"name": "transformer_lm", "params": {"d_model": 32, "nhead": 2, "layers": 1, "ff": 64, "dropout": 0.0}}},
         "student": {"name": "lstm_lm", "params": {"emb_dim": 16, "hidden": 16, "dropout": 0.0}},
         "variants": {

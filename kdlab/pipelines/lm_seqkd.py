@@ -61,8 +61,11 @@ def run_seqkd(exp: Experiment, ctx: RunContext) -> ExperimentResult:
                     length=p.prompt_len + p.gen_len - 1, length_what="prompt_len + gen_len - 1")
     preflight(exp, data, task, ctx.device)
     teachers = obtain_teachers(ctx, exp, data, task)
-    prompts = data.train.tensors["x"][:, : p.prompt_len]
-    data_record = exp.data.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"})
+    # every training window's prompt (read chunk by chunk when streamed; prompts are small)
+    prompts = torch.cat([chunk["x"][:, : p.prompt_len] for chunk in data.train.chunks(4096)]).to(ctx.device)
+    # the prompts' identity: streamed or in memory, the same windows
+    data_record = exp.data.model_dump(mode="json", exclude={"batch_size", "eval_batch_size", "stream", "workers",
+                                                            "memory_budget"})
     gen = teacher_generations(ctx, teachers[0], prompts, p.gen_len, p.decode, data_record, p.batch_size)
     seq_data: DataBundle = dataclasses.replace(data, train=seqkd_split(prompts, gen.outputs))
     out = new_result(exp, data, task, teachers)

@@ -77,7 +77,7 @@ def run_subclass(exp: Experiment, ctx: RunContext) -> SubclassResult:
             stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=variant,
                                                  teachers=[teacher]))
             out.results.setdefault(variant, []).append(stage.row())
-    if params.table and "fine" in data.test.tensors and hasattr(first_teacher, "subclass_forward"):
+    if params.table and "fine" in data.test.head(1) and hasattr(first_teacher, "subclass_forward"):
         from kdlab.report.subclasses import subclass_counts
 
         out.counts = subclass_counts(first_teacher, data.test, data.prepare, exp.data.eval_batch_size)

@@ -33,7 +33,7 @@ from kdlab.seeding import derive, generator
 from kdlab.store import tensorcache
 from kdlab.store.tensorcache import TensorCache
 
-CACHED_TASKS = ("classification", "lm")
+CACHED_TASKS = ("classification", "lm", "token_classification")
 SHARD_BATCHES = 16  # batches per resumable shard
 
 
@@ -77,7 +77,7 @@ def made_from(spec: CacheSpec, teacher: nn.Module, stage, layers: list[str]) -> 
 def _check(spec: CacheSpec, stage, index: int) -> None:
     data, where = stage.data, f"teacher {index}'s cache"
     if stage.task.name not in CACHED_TASKS:
-        raise KdlabError(f"{where}: teacher.cache is for classification and language-model data, not {stage.task.name} "
+        raise KdlabError(f"{where}: teacher.cache is for classification, token-classification and language-model data, not {stage.task.name} "
                          "(a ranking teacher's outputs are embedding lookups already): remove teacher.cache")
     if not isinstance(data.train, Split):
         raise KdlabError(f"{where}: teacher.cache reads the training split in memory and this data is streamed: "

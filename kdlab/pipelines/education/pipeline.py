@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from kdlab.config.schema import Experiment, MethodSpec
+from kdlab.data.stream import StreamSplit
 from kdlab.engine.evaluation import evaluate
 from kdlab.errors import KdlabError
 from kdlab.models.build import build_model, count_params
@@ -106,6 +107,10 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
     task = get_task(data)
     if task.name != "classification":
         raise KdlabError(f"education distillation is for classification data; '{exp.data.name}' is a {task.name} task")
+    if isinstance(data.train, StreamSplit):
+        # Group teachers train on relabelled subsets of the training split, held in memory.
+        raise KdlabError("education distillation relabels the training split by class group in memory, but the data "
+                         "is streamed: set data.stream: false (or a larger data.memory_budget)")
     seed_everything(exp.seeds[0])
     body = check_staged(build_model(exp.student, data))
 

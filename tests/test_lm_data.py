@@ -101,3 +101,43 @@ def test_bad_input_is_a_kdlab_error(tmp_path):
     bad.write_bytes(b"\xff\xfe\xfa" * 100)
     with pytest.raises(KdlabError, match="encoding"):
         text_dataset(str(bad))
+
+
+def test_ngram_overlap_by_hand():
+    from kdlab.data.lm_topic_split import ngram_overlap
+    train = "a b c d e".split()
+    # held-out 3-grams: (a b c) seen, (b c x) not, (c x d) not, (x d e) not
+    assert ngram_overlap(train, "a b c x d e".split(), n=3) == pytest.approx(1 / 4)
+    assert ngram_overlap(train, "a b".split(), n=3) == 0.0
+
+
+def test_topic_split_holds_out_whole_documents_and_drops_repeats():
+    from kdlab.data.lm_topic_split import topic_split
+    rep = "the same long sentence is repeated in two documents here and there"
+    docs = {f"d{i}": f"unique words of document number {i} alone\n\n{rep}\n\nmore text {i} only" for i in range(10)}
+    train, val, test, rec = topic_split(docs, seed=0, val_fraction=0.2, test_fraction=0.2)
+    held = rec["val_docs"] + rec["test_docs"]
+    assert held and not set(held) & {d for d in docs if f"number {d[1:]}" in " ".join(train)}
+    # the shared paragraph stays in training text but is dropped from every held-out document
+    assert "repeated" in train and "repeated" not in val + test
+    assert rec["dropped_paragraphs"] == len(held)
+    assert topic_split(docs, 0, 0.2, 0.2) == (train, val, test, rec)  # seeded, deterministic
+    assert topic_split(docs, 1, 0.2, 0.2)[3] != rec
+
+
+def test_pydoc_topic_split_has_no_verbatim_overlap():
+    """The contiguous cut repeats 36% of its test 20-grams from training; the topic split none
+    (split seed 0), and no held-out topic's text is in training."""
+    old = pydoc_dataset(split="contiguous")
+    assert old.meta["heldout_20gram_overlap"]["test"] == pytest.approx(0.36206, abs=1e-5)
+    assert old.meta["heldout_20gram_overlap"]["val"] == pytest.approx(0.07067, abs=1e-5)
+    new = pydoc_dataset()
+    assert new.meta["split"] == "topic"
+    assert new.meta["heldout_20gram_overlap"] == {"val": 0.0, "test": 0.0}
+    assert not set(new.meta["test_docs"]) & set(new.meta["val_docs"])
+    assert (len(new.train), len(new.val), len(new.test)) == (1512, 493, 353)
+
+
+def test_pydoc_bad_split_is_a_kdlab_error():
+    with pytest.raises(KdlabError, match="split must be"):
+        pydoc_dataset(split="random")

@@ -356,7 +356,7 @@ def test_divergences_distil_a_language_model_end_to_end(tmp_path, store):
 
     cfg = {
         "name": "lm_div", "seeds": [0], "device": "cpu",
-        "data": {"name": "pydoc", "params": {"seq_len": 16, "max_tokens": 4000, "max_vocab": 150},
+        "data": {"name": "pydoc", "params": {"split": "contiguous", "seq_len": 16, "max_tokens": 4000, "max_vocab": 150},
                  "batch_size": 16, "eval_batch_size": 64},
         "teacher": {"model": {"name": "transformer_lm",
                               "params": {"d_model": 32, "nhead": 2, "layers": 1, "ff": 64, "dropout": 0.0}}},

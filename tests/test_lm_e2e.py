@@ -89,6 +89,11 @@ def test_ce_and_skd_nlp_on_a_text_file(tmp_path, store):
     # same init, data order and budget: only the loss differs, so the result must differ
     assert abs(ce["test_ppl"] - skd["test_ppl"]) > 1e-4
     assert train_terms(store, skd["run_id"])["train_skd"] > 0
+    # the soft target's gold mass is logged (constant λ: target mass = 1 - λ(1 - q_y)) and summarised
+    terms = train_terms(store, skd["run_id"])
+    assert 0 < terms["train_skd_gold_mass"] < 1 and "skd_gold_mass" not in ce
+    assert terms["train_skd_target_gold_mass"] == pytest.approx(1 - 0.5 * (1 - terms["train_skd_gold_mass"]))
+    assert skd["skd_gold_mass"] == pytest.approx(terms["train_skd_gold_mass"])
 
 
 @pytest.mark.slow
@@ -97,7 +102,7 @@ def test_token_level_kd_on_capped_pydoc(store):
         "name": "tiny_kd_lm",
         "seeds": [0],
         "device": "cpu",
-        "data": {"name": "pydoc", "params": {"seq_len": 16, "max_tokens": 4000, "max_vocab": 150}, "batch_size": 16, "eval_batch_size": 64},
+        "data": {"name": "pydoc", "params": {"split": "contiguous", "seq_len": 16, "max_tokens": 4000, "max_vocab": 150}, "batch_size": 16, "eval_batch_size": 64},
         "teacher": {"model": {"name": "transformer_lm", "params": {"d_model": 32, "nhead": 2, "layers": 1, "ff": 64, "dropout": 0.0}}},
         "student": {"name": "lstm_lm", "params": {"emb_dim": 16, "hidden": 16, "dropout": 0.0}},
         "variants": {

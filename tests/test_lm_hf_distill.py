@@ -16,7 +16,7 @@ CFG = {
     "name": "hf_lm",
     "seeds": [0],
     "device": "cpu",
-    "data": {"name": "pydoc", "params": {"seq_len": 12, "max_tokens": 3000, "max_vocab": 100},
+    "data": {"name": "pydoc", "params": {"split": "contiguous", "seq_len": 12, "max_tokens": 3000, "max_vocab": 100},
              "batch_size": 16, "eval_batch_size": 64},
     "teacher": {"model": {"name": "transformer_lm", "params": {"d_model": 32, "nhead": 2, "layers": 1, "ff": 64, "dropout": 0.0,
                                                                "max_len": 24}},

@@ -152,3 +152,25 @@ def test_k_must_be_below_vocabulary():
     m, _ = make(k=5)
     with pytest.raises(KdlabError, match="k=5"):
         m({"y": torch.tensor(Y)}, Outputs(logits=t(LOGITS)), [])
+
+
+def test_gold_mass_is_logged_per_epoch():
+    """train_skd_gold_mass is the mean q_y over the epoch's tokens (numpy targets), and the
+    whole target's gold mass is (1 - λ) + λ·q_y; nothing is logged while λ is still 0."""
+    m, _ = make(lam=0.6, k=2, tau=0.5, ramp_epochs=2)
+    batch = {"y": torch.tensor(Y)}
+    m.on_epoch_start(0)
+    m(batch, Outputs(logits=t(LOGITS)), [])
+    assert m.epoch_metrics() == {} and m.summary_stats() == {}
+    m.on_epoch_start(2)  # λ = 0.6
+    m(batch, Outputs(logits=t(LOGITS)), [])
+    m({"y": torch.tensor([[1]])}, Outputs(logits=t(LOGITS[:1, :1])), [])
+    golds = [np_targets(y, 2, 0.5)[y] for y in [*Y.flatten().tolist(), 1]]
+    want = float(np.mean(golds))
+    got = m.epoch_metrics()
+    assert got["skd_gold_mass"] == pytest.approx(want, rel=1e-5)
+    assert got["skd_target_gold_mass"] == pytest.approx(1 - 0.6 * (1 - want), rel=1e-5)
+    assert m.summary_stats() == got
+    m.on_epoch_start(3)  # a new epoch starts a new mean
+    m({"y": torch.tensor([[1]])}, Outputs(logits=t(LOGITS[:1, :1])), [])
+    assert m.epoch_metrics()["skd_gold_mass"] == pytest.approx(np_targets(1, 2, 0.5)[1], rel=1e-5)

@@ -134,6 +134,22 @@ def test_inconsistency_rates_count_uniform_and_teacher_top_pairs():
     assert rates["incons"] == m._incons[0] / m._incons[1] and rates["incons_top"] == m._incons[2] / m._incons[3]
 
 
+def test_inconsistency_every_nth_batch():
+    """incons_every=3: batches 1, 4, 7 of an epoch are measured (counted pairs), the others
+    skipped; the count restarts each epoch."""
+    m, student, teacher, task, batch, t_out = tiny_method(incons_every=3)
+    s, t = task.forward(student, batch).extras["tables"], t_out.extras["tables"]
+    users = batch["x"][:64]
+    for epoch in range(2):
+        m.on_epoch_start(epoch)
+        seen = []
+        for _ in range(7):
+            m.record_inconsistency(users, s, t)
+            seen.append(m._incons[1])
+        per = len(users) * m.params.incons_pairs
+        assert seen == [per, per, per, 2 * per, 2 * per, 2 * per, 3 * per]
+
+
 @pytest.mark.parametrize("reg", ["pair", "list", "hybrid"])
 def test_pckd_regulariser_trains_only_the_projector(reg):
     m, student, _, task, batch, t_out = tiny_method(reg=reg)

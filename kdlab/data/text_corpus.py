@@ -1,9 +1,15 @@
 """Plain-text corpora for next-token language modelling.
 
-The token stream is split contiguously (train, then val, then test: no sentence of the test
-text is seen in training), the tokenizer is fitted on the training part only (val/test words
-it never saw become `<unk>`), and each split is cut into non-overlapping sequences of
-`seq_len` tokens: `x` is a window of the stream, `y` the same window shifted by one token.
+`text` (one file) is split contiguously: train, then val, then test. That keeps the held-out
+parts out of the training *positions* but not out of its *text*: a file that repeats passages
+(a manual, boilerplate) repeats them across the cut. `pydoc` (CPython's reference, many topics)
+therefore holds out whole topics and drops held-out paragraphs repeated in other topics by
+default (`split: topic`, see `lm_topic_split.py`): 36% of the test 20-grams of the contiguous
+cut occur verbatim in its training part, 0-0.1% of the topic split's (split seeds 0-2).
+`meta["heldout_20gram_overlap"]` records that fraction for val and test. The tokenizer is fitted on the training part only
+(val/test words it never saw become `<unk>`), and each split is cut into non-overlapping
+sequences of `seq_len` tokens: `x` is a window of the stream, `y` the same window shifted by
+one token.
 """
 
 
@@ -14,6 +20,7 @@ import torch
 
 from kdlab.data.base import DataBundle, Split
 from kdlab.data.tokenizer import WordTokenizer, split_words
+from kdlab.data.lm_topic_split import ngram_overlap, topic_split
 from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS
 
@@ -27,41 +34,46 @@ def chunk_stream(ids: torch.Tensor, seq_len: int) -> Split:
     return Split({"x": x.clone(), "y": y.clone()})
 
 
-def lm_bundle(
-    text: str,
-    source: str,
-    seq_len: int,
-    max_vocab: int,
-    min_freq: int,
-    lowercase: bool,
-    val_fraction: float,
-    test_fraction: float,
-    max_tokens: Optional[int],
-) -> DataBundle:
+def check_lm_args(source: str, seq_len: int, val_fraction: float, test_fraction: float, max_tokens: Optional[int]) -> None:
     if seq_len < 1:
         raise KdlabError(f"{source}: seq_len must be >= 1, got {seq_len}")
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise KdlabError(f"{source}: val_fraction and test_fraction must be in (0, 1) and sum below 1")
     if max_tokens is not None and max_tokens < 1:
         raise KdlabError(f"{source}: max_tokens must be >= 1 (or null for the whole corpus), got {max_tokens}")
-    words = split_words(text, lowercase)
-    if max_tokens is not None:
-        words = words[:max_tokens]
+
+
+def contiguous_split(words: list[str], val_fraction: float, test_fraction: float) -> tuple[list[str], list[str], list[str]]:
     n = len(words)
     n_val, n_test = int(n * val_fraction), int(n * test_fraction)
     n_train = n - n_val - n_test
+    return words[:n_train], words[n_train : n_train + n_val], words[n_train + n_val :]
+
+
+def lm_bundle(
+    parts: tuple[list[str], list[str], list[str]],
+    source: str,
+    seq_len: int,
+    max_vocab: int,
+    min_freq: int,
+    lowercase: bool,
+    meta: Optional[dict] = None,
+) -> DataBundle:
+    """Windows of `seq_len` tokens from (train, val, test) token lists; tokenizer fitted on train."""
+    train_words, val_words, test_words = parts
+    n = sum(len(p) for p in parts)
     # Each split needs at least one full window (seq_len + 1 tokens, the target is shifted).
-    if min(n_train, n_val, n_test) < seq_len + 1:
+    if min(len(p) for p in parts) < seq_len + 1:
         raise KdlabError(
-            f"{source}: {n} tokens are too few for seq_len {seq_len} with val/test fractions "
-            f"{val_fraction}/{test_fraction}; use a longer text, a smaller seq_len or larger fractions."
+            f"{source}: {n} tokens ({len(train_words)}/{len(val_words)}/{len(test_words)} train/val/test) are "
+            f"too few for seq_len {seq_len}; use a longer text, a smaller seq_len or larger val/test fractions."
         )
-    train_words = words[:n_train]
     tok = WordTokenizer.fit(train_words, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase)
-    ids = torch.tensor(tok.ids(words), dtype=torch.long)
-    parts = [ids[:n_train], ids[n_train : n_train + n_val], ids[n_train + n_val :]]
-    train, val, test = (chunk_stream(p, seq_len) for p in parts)
-    unk_rate = float((ids[n_train:] == tok.unk_id).float().mean())
+    ids = [torch.tensor(tok.ids(p), dtype=torch.long) for p in parts]
+    train, val, test = (chunk_stream(p, seq_len) for p in ids)
+    heldout = torch.cat(ids[1:])
+    unk_rate = float((heldout == tok.unk_id).float().mean())
+    overlap = {k: ngram_overlap(train_words, p) for k, p in (("val", val_words), ("test", test_words))}
     return DataBundle(
         train=train,
         val=val,
@@ -70,7 +82,8 @@ def lm_bundle(
         input_shape=(seq_len,),
         task="lm",
         model_args={"vocab_size": len(tok)},
-        meta={"tokenizer": tok, "source": source, "tokens": n, "heldout_unk_rate": unk_rate},
+        meta={"tokenizer": tok, "source": source, "tokens": n, "heldout_unk_rate": unk_rate,
+              "heldout_20gram_overlap": overlap, **(meta or {})},
     )
 
 
@@ -99,7 +112,10 @@ def text_dataset(
         text = p.read_text(encoding=encoding)
     except UnicodeDecodeError as e:
         raise KdlabError(f"text dataset: '{path}' is not {encoding} text ({e.reason}); set data.params.encoding.") from None
-    return lm_bundle(text, f"text '{path}'", seq_len, max_vocab, min_freq, lowercase, val_fraction, test_fraction, max_tokens)
+    source = f"text '{path}'"
+    check_lm_args(source, seq_len, val_fraction, test_fraction, max_tokens)
+    words = split_words(text, lowercase)[:max_tokens]
+    return lm_bundle(contiguous_split(words, val_fraction, test_fraction), source, seq_len, max_vocab, min_freq, lowercase)
 
 
 def pydoc_topic_texts() -> dict[str, str]:
@@ -122,7 +138,8 @@ def pydoc_text() -> str:
 @DATASETS.register(
     "pydoc",
     "built-in English corpus for LM, no download: CPython's pydoc_data.topics reference text "
-    "(~0.5 MB, ~123k word, punctuation and line-end tokens); same options as `text`",
+    "(~0.5 MB, ~123k word, punctuation and line-end tokens); held-out topics with repeated paragraphs "
+    "dropped (`split: topic`, default) or the `text` dataset's contiguous cut (`split: contiguous`)",
     "CPython Doc/ (pydoc_data.topics)",
 )
 def pydoc_dataset(
@@ -134,5 +151,19 @@ def pydoc_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     max_tokens: Optional[int] = None,
+    split: str = "topic",
+    near_duplicate: float = 0.2,
 ) -> DataBundle:
-    return lm_bundle(pydoc_text(), "pydoc", seq_len, max_vocab, min_freq, lowercase, val_fraction, test_fraction, max_tokens)
+    check_lm_args("pydoc", seq_len, val_fraction, test_fraction, max_tokens)
+    if split == "contiguous":
+        words = split_words(pydoc_text(), lowercase)[:max_tokens]
+        return lm_bundle(contiguous_split(words, val_fraction, test_fraction), "pydoc", seq_len, max_vocab, min_freq,
+                         lowercase, {"split": split})
+    if split != "topic":
+        raise KdlabError(f"pydoc: split must be 'topic' or 'contiguous', got '{split}'")
+    # data.split_seed chooses the held-out topics.
+    train, val, test, record = topic_split(pydoc_topic_texts(), seed, val_fraction, test_fraction, near_duplicate, lowercase)
+    if max_tokens is not None:  # each split capped in the same proportions as a contiguous cut
+        n_val, n_test = int(max_tokens * val_fraction), int(max_tokens * test_fraction)
+        train, val, test = train[: max_tokens - n_val - n_test], val[:n_val], test[:n_test]
+    return lm_bundle((train, val, test), "pydoc", seq_len, max_vocab, min_freq, lowercase, {"split": split, **record})

@@ -83,6 +83,9 @@ class DE(RankingMethod):
         gumbel_hard: bool = False  # one-hot gates with a straight-through gradient (not in DE-RRD)
         incons_pairs: int = Field(20, ge=1)  # item pairs per user for each logged rate
         incons_top: int = Field(100, ge=2)  # M of the teacher's top-M list for `incons_top`
+        # Measure the rates on every n-th batch of an epoch (the measurement projects 2 x 64
+        # users' 40 items each time: about as much work as the DE term itself).
+        incons_every: int = Field(1, ge=1)
 
     def build(self, student, teachers):
         d_s = student.features["user"].shape[-1]
@@ -91,6 +94,7 @@ class DE(RankingMethod):
         self.proj_item = ExpertProjector(d_s, d_t, self.params.num_experts)
         self._teacher_top = self.top_items(tables_of(teachers[0], "teacher"), self.params.incons_top)
         self._incons = [0.0] * 4
+        self._batches = 0
         self.tau = gumbel_temperature(0, self.total_epochs, self.params.gumbel_tau, self.params.gumbel_tau_end)
 
     def project(self, s: Tables, t: Tables, users: Tensor, items: Tensor, sample: bool = True, detach: bool = False):
@@ -126,6 +130,9 @@ class DE(RankingMethod):
 
     @torch.no_grad()
     def record_inconsistency(self, users: Tensor, s: Tables, t: Tables) -> None:
+        self._batches += 1
+        if (self._batches - 1) % self.params.incons_every:
+            return
         users = users[:64]  # a sample of the batch is enough for a rate
         n, dev = self.params.incons_pairs, users.device
         uni = torch.randint(0, self.num_items, (len(users), 2 * n), device=dev)
@@ -140,6 +147,7 @@ class DE(RankingMethod):
     def on_epoch_start(self, epoch):
         super().on_epoch_start(epoch)
         self._incons = [0.0] * 4
+        self._batches = 0
         self.tau = gumbel_temperature(epoch, self.total_epochs, self.params.gumbel_tau, self.params.gumbel_tau_end)
 
     def epoch_metrics(self) -> dict[str, float]:

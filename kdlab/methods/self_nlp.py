@@ -10,6 +10,11 @@ kdlab's construction (the paper has no public code): the embeddings are L2-norma
 similarity is a cosine in [−1, 1] and τ has the same meaning whatever the embedding scale (the
 raw dot product grows with training and would sharpen q by itself); y always has similarity 1,
 the largest. Neighbours are the top-K of a row of the V × V cosine matrix, y itself excluded.
+
+How soft the target is depends on τ (and on how clustered the embeddings are): the mean gold
+mass q_y over the epoch's training tokens is logged as `train_skd_gold_mass`, and the gold
+mass of the whole target (1 − λ) + λ·q_y as `train_skd_target_gold_mass` (label smoothing
+with ε has 1 − ε + ε/V). The last epoch's values go into the run's summary.
 """
 
 from __future__ import annotations
@@ -87,10 +92,24 @@ class SelfKnowledgeNLP(Method):
         # A reference, not a submodule: the student's parameters belong to the student.
         self._student = [ctx.student]
         self._table: Optional[Tensor] = None
+        self._gold = [0.0, 0]  # sum of q_y over training tokens, tokens
+        self._last: dict[str, float] = {}
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self._table = None
+        self._gold = [0.0, 0]
+
+    def epoch_metrics(self) -> dict[str, float]:
+        total, n = self._gold
+        if not n:  # λ = 0 all epoch (ramp start): no target was built
+            return {}
+        lam = self.current_lambda()
+        self._last = {"skd_gold_mass": total / n, "skd_target_gold_mass": 1 - lam * (1 - total / n)}
+        return self._last
+
+    def summary_stats(self) -> dict[str, float]:
+        return dict(self._last)
 
     def current_lambda(self) -> float:
         p = self.params
@@ -117,5 +136,8 @@ class SelfKnowledgeNLP(Method):
                 self._table = embedding_neighbours(emb, p.k)
             table = self._table
         support, q = skd_targets(emb, batch["y"].flatten(), p.k, p.tau, table)
+        if self.training:
+            self._gold[0] += float(q[:, 0].sum())
+            self._gold[1] += q.shape[0]
         ce, h = skd_loss(logits, batch["y"], support, q)
         return {"skd_ce": (1 - lam) * ce, "skd": lam * h}

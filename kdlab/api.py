@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdlab.config.load import format_validation_error
-from kdlab.config.schema import DataSpec, MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec, needs_teacher
+from kdlab.config.schema import CacheSpec, DataSpec, MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec, needs_teacher
 from kdlab.data.base import DataBundle, Split
 from kdlab.errors import KdlabError
 from kdlab.report.progress import Reporter
@@ -68,6 +68,7 @@ def distill(
     store: Optional[str] = None,
     progress: bool = True,
     name: str = "api",
+    teacher_cache: Union[bool, dict, None] = None,
 ) -> Distilled:
     """Train `student` with `methods` (names, or dicts such as `{"name": "kd", "weight": 0.9,
     "tau": 4}`) from `teacher` (an nn.Module used as it is, in eval mode with gradients off;
@@ -83,7 +84,10 @@ def distill(
     `task`: "classification" (y: class indices, classes 0..num_classes-1 with num_classes
     from the labels unless given) or "lm" (x, y: token ids (N, T), the vocabulary
     num_classes from the largest id unless given). `store`: a run-store folder to record the
-    run in (its epochs, checkpoints and model.safetensors), None for none. Bad input raises
+    run in (its epochs, checkpoints and model.safetensors), None for none. `teacher_cache`:
+    True or a dict of `teacher.cache` settings (dtype, topk, path): the teacher's outputs on
+    `train` are computed once and kept (in `store`, or at `path`), then read every epoch and by
+    every later call with the same teacher weights and data. Bad input raises
     `kdlab.errors.KdlabError` with a one-line message."""
     specs = _method_specs(methods)
     needing = sorted({m.name for m in specs if needs_teacher(m)})
@@ -111,6 +115,11 @@ def distill(
     data = data.to(dev)
     the_task = get_task(data)
     teachers = [teacher] if teacher is not None and needing else []
+    cache = _cache_spec(teacher_cache)
+    if cache is not None and not teachers:
+        raise KdlabError("teacher_cache is set but no method reads the teacher: remove teacher_cache")
+    if cache is not None and store is None and cache.path is None:
+        raise KdlabError("teacher_cache needs somewhere to keep the outputs: pass store=... or teacher_cache={'path': ...}")
     for role, m in (("student", student), *(("teacher", t) for t in teachers)):
         check_logits(m, data, the_task, data.num_classes, f"{role} ({type(m).__name__})")
     config = {
@@ -123,9 +132,23 @@ def distill(
     with Reporter(enabled=progress) as reporter:
         ctx = RunContext(RunStore(store) if store is not None else None, dev, reporter)
         stage = Stage(name=name, kind="student", model=None, module=student, methods=specs, seed=seed, data=data,
-                      task=the_task, data_spec=data_spec, train=train_spec, config=config, teachers=teachers)
+                      task=the_task, data_spec=data_spec, train=train_spec, config=config, teachers=teachers,
+                      teacher_cache=[cache] if teachers else [])
         done = run_stage(ctx, stage)
     return Distilled(done.model, done.result.history, done.summary, done.run_id, done.run_path)
+
+
+def _cache_spec(value: Union[bool, dict, None]) -> Optional[CacheSpec]:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CacheSpec()
+    if not isinstance(value, dict):
+        raise KdlabError(f"teacher_cache must be True or a dict of teacher.cache settings, got {type(value).__name__}")
+    try:
+        return CacheSpec(**value)
+    except ValidationError as e:
+        raise KdlabError(format_validation_error(e, "teacher_cache")) from None
 
 
 def _method_specs(methods: Union[MethodLike, Sequence[MethodLike]]) -> list[MethodSpec]:

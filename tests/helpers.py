@@ -91,14 +91,15 @@ def assert_pinned(actual: dict, pins: dict) -> None:
     assert all(close(k, got[k], v) for k, v in pins.items()), f"pinned figures changed: got {shown}, pinned {pins}"
 
 
-def single_and_two_process_runs(tmp_path: Path, cfg: str) -> tuple[str, str]:
-    """Run a config in one process, then under torchrun as two CPU processes (gloo): the two stores."""
+def single_and_two_process_runs(tmp_path: Path, cfg: str, env: dict | None = None) -> tuple[str, str]:
+    """Run a config in one process, then under torchrun as two CPU processes (gloo): the two
+    stores. `env`: variables set (or replaced) in both runs' environment."""
     import os
     import shutil
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1", **(env or {})}
     single, multi = str(tmp_path / "single"), str(tmp_path / "ddp")
     base = ["-m", "kdlab", "run", cfg, "--quiet", "--device", "cpu", "--store"]
     r = subprocess.run([sys.executable, *base, single], capture_output=True, text=True, env=env, timeout=300)

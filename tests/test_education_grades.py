@@ -120,3 +120,44 @@ def test_replay_order_and_optimizer_carry_over_change_training(setting):
     assert not torch.equal(base.blocks[0][0].weight, other.blocks[0][0].weight)
     _, again = _run(**setting)
     assert torch.equal(other.blocks[0][0].weight, again.blocks[0][0].weight)  # and stay reproducible
+
+
+def test_mixed_replay_draws_batches_from_every_seen_group_and_teaches_each_sample_by_its_own():
+    data, teachers = _data(), _teachers(0)
+    p = EducationParams(groups=3, grade_epochs=[0, 2, 4], replay="mixed")
+    torch.manual_seed(0)
+    student = MODELS.get("mlp").obj(num_classes=6, input_shape=(5,), hidden=[32, 32, 32])
+    cur = EducationCurriculum(plan_grades(p, GROUPS, 3, 6), teachers, p)
+    setup = TrainSetup(student=student, data=data, task=Classification(data), train=TRAIN, seed=0,
+                       device=torch.device("cpu"), batch_size=8, eval_batch_size=64)
+    Trainer(setup, cur, None)._set_up()  # attaches the curriculum
+    for epoch, classes in ((0, {0, 1}), (2, {0, 1, 2, 3}), (4, set(range(6)))):
+        batches = list(cur.batches(epoch))
+        assert len(batches) == cur.steps(epoch) == -(-24 * len(classes) // 8)
+        ys = torch.cat([b["y"] for b in batches])
+        assert sorted(ys.tolist()) == sorted(c for c in classes for _ in range(24))  # each seen sample once
+        assert all(torch.equal(b["group"], b["y"] // 2) for b in batches)  # GROUPS: classes 2k, 2k+1
+        if epoch:  # batches mix the groups seen so far (single-group batches would all fail this)
+            assert sum(len(set(b["group"].tolist())) > 1 for b in batches) > len(batches) // 2
+        b = batches[0]
+        outs = cur.teacher_outputs(b)
+        for o in outs:  # each group's teacher sees only its own rows
+            k, rows = o.extras["group"], o.extras["rows"]
+            assert torch.equal(b["group"][rows], torch.full_like(rows, k))
+            assert torch.allclose(o.logits, teachers[k](b["x"][rows])[0])
+        assert sorted(torch.cat([o.extras["rows"] for o in outs]).tolist()) == list(range(len(b["y"])))
+
+
+def test_mixed_replay_trains_differently_and_reproducibly():
+    run, base = _run()
+    mixed_run, mixed = _run(replay="mixed")
+    assert not torch.equal(base.blocks[0][0].weight, mixed.blocks[0][0].weight)
+    _, again = _run(replay="mixed")
+    assert torch.equal(mixed.blocks[0][0].weight, again.blocks[0][0].weight)
+    # Steps: grades of 2 epochs over 48, 96, 144 samples at batch 8 (the groups split evenly here).
+    assert run.summary["steps"] == 2 * (6 + 12 + 18) == mixed_run.summary["steps"]
+    # Read once from these runs: same data, teachers, init and steps; only the batches differ.
+    assert (run.summary["test_top1"], mixed_run.summary["test_top1"]) == pytest.approx(PINS, abs=1e-4)
+
+
+PINS = (72.9167, 79.1667)

@@ -66,3 +66,23 @@ def test_grade_stages_defaults_and_checks():
     assert default_grade_stages(2, 3)[-1] == 2
     with pytest.raises(KdlabError, match="last grade must use all 3"):
         check_grade_stages([1, 2, 2], 3)
+
+
+def test_tr_head_pooling_global_or_by_cells():
+    """`tr_pool: 4` (the reference code's 4x4 average pool) keeps the cells of a map larger
+    than 4 apart; a map of 4 or less is pooled whole, as the global pool does."""
+    torch.manual_seed(0)
+    student = MODELS.get("cnn2d").obj(num_classes=6, input_shape=(1, 8, 8), channels=[8, 16, 32])
+    x = torch.randn(4, 1, 8, 8)
+    g1 = GradeModel(student, 1, [0, 1], final=False, sample=x, pool=4).eval()  # stage 1: 8x8 maps
+    assert g1.head.fc.in_features == 32 * 2 * 2
+    conv, bn = g1.head.proj[0], g1.head.proj[1]
+    feat = bn(conv(student.features(x, upto=1)))
+    cells = torch.stack([feat[:, :, i:i + 4, j:j + 4].mean((2, 3)) for i in (0, 4) for j in (0, 4)], 2)  # (B, C, 4)
+    assert torch.allclose(g1(x), g1.head.fc(cells.flatten(1)), atol=1e-6)
+    glob = GradeModel(student, 1, [0, 1], final=False, sample=x).eval()
+    assert glob.head.fc.in_features == 32
+    feat = glob.head.proj[1](glob.head.proj[0](student.features(x, upto=1)))
+    assert torch.allclose(glob(x), glob.head.fc(feat.mean((2, 3))), atol=1e-6)
+    for pool in (4, 8):  # stage 2: 4x4 maps, pooled whole
+        assert GradeModel(student, 2, [0, 1], final=False, sample=x, pool=pool).head.fc.in_features == 32

@@ -96,3 +96,40 @@ def test_bad_education_settings_are_clear_errors(store):
         run_experiment(_exp(grade_stages=[1, 1, 2], baselines=[]), store=store, progress=False)
     with pytest.raises(Exception, match="grade_epochs"):
         _exp(grade_epochs=[1, 2, 4])
+
+
+@pytest.mark.slow
+def test_ablation_arms_share_teachers_and_report_steps(store):
+    arms = {"mixed": {"replay": "mixed"}, "one_grade": {"grade_groups": [3], "grade_epochs": [0], "alpha": 0.7}}
+    result = run_experiment(_exp(baselines=["ce"], arms=arms), store=store, progress=False)
+    assert list(result.results) == ["ed", "mixed", "one_grade", "ce"]
+    assert len(_teacher_rows(store)) == 3  # the 3 group teachers, shared by every arm
+    steps = {k: v[0]["steps"] for k, v in result.results.items()}
+    # 42 training samples per group at batch 32: grades of 2 epochs over 1, 2, 3 groups in
+    # single-group batches (2 per group); mixed: ceil(42/32), ceil(84/32), ceil(126/32) batches;
+    # one grade = 6 epochs over every group in single-group batches; CE 6 x ceil(126/32).
+    assert steps == {"ed": 2 * (2 + 4 + 6), "mixed": 2 * (2 + 3 + 4), "one_grade": 6 * 6, "ce": 6 * 4}
+    assert [len(g) for g in result.results["one_grade"][0]["grade_accuracy"]] == [3]
+    assert_pinned({f"{k}_{m}": v[0][f"test_{m}"] for k, v in result.results.items() for m in ("top1", "loss")}, ARM_PINS)
+    text = render_text(result)
+    assert "steps per run" in text and "mixed" in text
+    assert Path(result.arms_plot_path).is_file() and Path(result.arms_plot_path).stat().st_size > 1000
+
+
+ARM_PINS = {"ed_top1": 41.6667, "mixed_top1": 41.6667, "one_grade_top1": 47.2222, "ce_top1": 41.6667,
+            "ed_loss": 1.73141, "mixed_loss": 1.69895, "one_grade_loss": 1.16979}
+
+
+def render_text(result) -> str:
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(result.render())
+    return buf.getvalue()
+
+
+def test_bad_ablation_arms_are_clear_errors():
+    with pytest.raises(Exception, match="may change only"):
+        _exp(arms={"x": {"partition": "random"}})
+    with pytest.raises(Exception, match="taken by a built-in row"):
+        _exp(arms={"ce": {"alpha": 0.5}})
+    with pytest.raises(Exception, match="grade_epochs"):
+        _exp(arms={"x": {"grade_groups": [3]}})  # one grade needs one start epoch

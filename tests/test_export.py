@@ -116,6 +116,26 @@ def test_onnx_export_matches_torch_under_onnxruntime(mlp_run, capsys, tmp_path):
     assert len(_row(out, "student")) == 5 and _row(out, "teacher")[4] == "–"  # onnxruntime: the exported student
 
 
+def test_a_run_on_streamed_data_exports_checked_on_its_test_samples(capsys, tmp_path):
+    """Data read sample by sample (data.stream: true): the export reads only the test samples it
+    checks and times, the same samples the in-memory path would give."""
+    from kdlab.data.stream import StreamSplit
+
+    cfg = {**TINY, "data": {**DIGITS, "stream": True, "workers": 0}, "train": {**TINY["train"], "epochs": 1}}
+    assert cli("run", write_config(tmp_path, cfg), "--store", tmp_path / "store", "--quiet") == 0
+    student = next(r for r in RunStore(tmp_path / "store").rows() if r["kind"] == "student")
+    out = _export(capsys, tmp_path, student, "--format", "onnx", "--out", tmp_path / "onnx", "--batch-size", "16")
+    assert float(re.search(r"largest absolute logit difference ([\d.e+-]+)", out).group(1)) < 1e-4
+    assert "batches of 16 and 5" in out and len(_row(out, "teacher")) == 5
+    model, streamed, _ = _stored_model(student)
+    assert isinstance(streamed.test, StreamSplit)
+    in_memory = load_data(DataSpec(**{**_config(student)["data"], "stream": False}))
+    x = sample_batch(in_memory, 16)
+    assert all(torch.equal(x[k], v) for k, v in sample_batch(streamed, 16).items())
+    session = onnx_session(tmp_path / "onnx" / "model.onnx", 1)
+    assert (session_logits(session, x) - torch_logits(model, x)).abs().max() < 1e-4
+
+
 def test_showcase_runs_and_its_bert_student_exports_as_hf_and_onnx(bert_run, capsys, tmp_path):
     """The showcase config end to end (tiny): the BERT student exports as a Hugging Face folder
     that from_pretrained loads (same logits), and as ONNX with an attention mask input."""

@@ -200,7 +200,7 @@ def test_streamed_run_killed_mid_epoch_resumes_to_the_metrics_of_an_uninterrupte
     # its loader workers end with it (they share the run's lock, so the run reads as interrupted)
     t0 = time.time()
     while RunStore(store).rows()[0]["status"] != "interrupted":
-        assert time.time() - t0 < 2, "the killed run's workers outlived it"
+        assert time.time() - t0 < 30, "the killed run's workers outlived it"
         time.sleep(0.01)
     (row,) = RunStore(store).rows()
     assert 2 <= len(history(row["path"])) < 5

@@ -1,8 +1,12 @@
 """End-to-end: the subclass experiment on tiny budgets, the digits_coarse data, and the
 `kdlab subclasses` tool."""
 
+import io
+from pathlib import Path
+
 import pytest
 import torch
+from rich.console import Console
 
 from helpers import assert_pinned, history
 from kdlab.cli.main import main
@@ -75,3 +79,40 @@ def printed_counts(out: str) -> tuple[list[str], list[list[int]]]:
             counts.append([0 if c == "·" else int(c) for c in cells[1:-2]])
             assert int(cells[-2]) == sum(counts[-1])  # the total column
     return labels, counts
+
+
+def test_student_budget_is_whole_epochs_of_the_asked_steps():
+    from kdlab.pipelines.subclass import budget
+
+    # digits_coarse: 1,259 training images; batch 64 -> 20, 5, 2, 1 batches per epoch at 100/25/10/5%.
+    assert [budget(n, 64, 1200, 60) for n in (1259, 315, 126, 63)] == [(60, 1200), (240, 1200), (600, 1200), (1200, 1200)]
+    assert budget(100, 64, 3, 60) == (2, 4)  # rounded up to whole epochs
+    assert budget(1259, 64, 0, 7) == (7, 140)  # no step budget: the config's epochs
+
+
+@pytest.mark.slow
+def test_fraction_sweep_keeps_the_teacher_and_the_student_steps(store):
+    from kdlab.config.load import apply_overrides, parse_overrides, read_yaml
+
+    over = [*TINY, "pipeline.fractions=[1.0,0.05]", "pipeline.steps=40"]
+    raw = apply_overrides(read_yaml("configs/subclass/digits_2x5_fractions.yaml"), parse_overrides(over))
+    res = run_experiment(validate(raw), store=store, progress=False)
+    assert [(p["fraction"], p["train"], p["epochs"], p["steps"]) for p in res.points] == [(1.0, 1259, 2, 40), (0.05, 63, 40, 40)]
+    rows = RunStore(store).rows()
+    assert len([r for r in rows if r["kind"] == "teacher"]) == 1  # trained on the full split once, reused
+    # Each student's recorded budget: 2 epochs of 20 batches, or 40 of one batch validated every 20.
+    students = [history(r["path"]) for r in rows if r["variant"] == "subclass_kd"]
+    assert sorted(len(h) for h in students) == [2, 40]
+    assert sorted(sum(1 for e in h if "val_top1" in e) for h in students) == [2, 2]
+    for p in res.points:  # the teacher row is the same model at every fraction
+        assert p["result"].results["teacher"][0]["test_top1"] == res.points[0]["result"].results["teacher"][0]["test_top1"]
+    got = {f"{100 * p['fraction']:g}%_{v}": r[0]["test_top1"] for p in res.points for v, r in p["result"].results.items()}
+    assert_pinned(got, SWEEP_PINS)
+    assert Path(res.plot_path).is_file() and Path(res.plot_path).stat().st_size > 1000
+    buf = io.StringIO()  # the table shows each arm's gain over scratch
+    Console(file=buf, width=250).print(res.render())
+    assert "kd − scratch" in buf.getvalue() and "subclass_kd − scratch" in buf.getvalue()
+
+
+SWEEP_PINS = {"100%_teacher": 63.2312, "100%_scratch": 75.4875, "100%_kd": 74.6518, "100%_subclass_kd": 76.0446,
+              "5%_teacher": 63.2312, "5%_scratch": 66.0167, "5%_kd": 66.2953, "5%_subclass_kd": 67.1309}

@@ -9,8 +9,8 @@ from kdlab.report.tables import rich_table
 def add_parsers(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks: engine step overhead (step), per-method cost (methods), "
                                      "chunked vs naive LM divergence (lm-loss), streamed vs in-memory data (loader), "
-                                     "time outside the steps (epoch)")
-    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch"])
+                                     "time outside the steps (epoch), LM teacher-logit cache size and step time (lm-cache)")
+    p.add_argument("what", nargs="?", default="step", choices=["step", "methods", "lm-loss", "loader", "epoch", "lm-cache"])
     # Defaults depend on the benchmark: step resnet32->resnet8, 20 steps x 3; methods resnet20->resnet8, 10 x 2.
     p.add_argument("--teacher", default=None)
     p.add_argument("--student", default=None)
@@ -23,6 +23,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--tokens", type=int, default=512, help="lm-loss: tokens per sequence")
     p.add_argument("--chunk-tokens", type=int, default=None, help="lm-loss: tokens per chunk (default: automatic)")
     p.add_argument("--divergences", default=None, help="lm-loss: comma-separated (default: all seven)")
+    p.add_argument("--fast", action="store_true",
+                   help="step: train.compile, channels_last and bf16 autocast against eager float32 on the same KD step")
     p.add_argument("--every", type=positive_int, default=5, help="epoch: checkpoint_every and eval_every to compare with 1")
     p.add_argument("--images", type=positive_int, default=2048, help="loader: images in the folder")
     p.add_argument("--image-size", type=positive_int, default=32, help="loader: image side in pixels")
@@ -39,6 +41,8 @@ def cmd_bench(args) -> int:
         return cmd_bench_epoch(args)
     if args.what == "loader":
         return cmd_bench_loader(args)
+    if args.what == "lm-cache":
+        return cmd_bench_lm_cache(args)
     args.batch_size = args.batch_size or 64
     args.teacher, args.student = args.teacher or "resnet32", args.student or "resnet8"
     args.steps, args.repeats = args.steps or 20, args.repeats or 3
@@ -46,6 +50,8 @@ def cmd_bench(args) -> int:
 
     s = BenchSetup(teacher=args.teacher, student=args.student, batch_size=args.batch_size, steps=args.steps,
                    repeats=args.repeats)
+    if args.fast:
+        return cmd_bench_fast_step(s)
     console.print(f"step overhead: teacher {s.teacher}, student {s.student}, batch {s.batch_size}, "
                   f"{s.steps} steps × {s.repeats} repeats, CPU threads {__import__('torch').get_num_threads()}")
     r = run(s, log=console.print)
@@ -59,6 +65,23 @@ def cmd_bench(args) -> int:
     console.print(f"engine overhead (kdlab KD / hand-written KD): {r['engine_overhead_ratio']:.3f}   "
                   f"distillation cost (kdlab KD / kdlab CE): {r['kd_over_ce_ratio']:.3f}   "
                   f"with the teacher cached (cached KD / kdlab CE): {r['cached_kd_over_ce_ratio']:.3f}")
+    return 0
+
+
+def cmd_bench_fast_step(s) -> int:
+    import torch
+
+    from kdlab.bench.fast_step import run
+    from kdlab.engine.fast_step import check_compile
+
+    check_compile(torch.device("cpu"))
+    console.print(f"faster step: teacher {s.teacher}, student {s.student}, KD (ce + kd), batch {s.batch_size}, "
+                  f"{s.steps} steps × {s.repeats} rounds, CPU threads {torch.get_num_threads()}")
+    r = run(s, log=console.print)
+    rows = [[n, f"{v['ms']:.1f} ms", f"{v['ratio']:.3f}", " ".join(f"{x:.2f}" for x in v["per_round"]),
+             f"{v['first_pass_s']:.1f} s"] for n, v in r.items()]
+    console.print(rich_table(["step", "median time", "÷ eager float32 (median of rounds)", "per round",
+                              "first pass (compiling)"], rows, title="faster step vs eager float32"))
     return 0
 
 
@@ -139,6 +162,27 @@ def cmd_bench_lm_loss(args) -> int:
              for r in rows]
     console.print(rich_table(["divergence", "naive ms", "chunked ms", "time ÷ naive", "naive extra MiB",
                               "chunked extra MiB", "memory ÷ naive"], table, title="chunked vs naive"))
+    return 0
+
+
+def cmd_bench_lm_cache(args) -> int:
+    from kdlab.bench.lm_cache import LMCacheSetup, run
+
+    s = LMCacheSetup(vocab=args.vocab if args.vocab != 32000 else 8192, batch_size=args.batch_size or 8,
+                     steps=args.steps or 10, repeats=args.repeats or 3)
+    console.print(f"LM teacher-logit cache: GPT-2 {s.teacher} -> {s.student}, vocabulary {s.vocab}, {s.batch_size} x "
+                  f"{s.tokens} tokens per step, {s.steps} steps x {s.repeats} interleaved rounds, CPU threads "
+                  f"{__import__('torch').get_num_threads()}", highlight=False)
+    r = run(s, log=console.print)
+    names = ("online_fkl", "topk_fkl", "sampled_fkl", "ce")
+    rows = [[n, f"{r[n + '_cpu_ms']:.1f}", f"{r[n + '_wall_ms']:.1f}"] for n in names]
+    console.print(rich_table(["step (fkl unless ce)", "median CPU ms", "median wall ms"], rows, title="step time"))
+    ratios = ("topk_over_online", "sampled_over_online", "online_over_ce", "topk_over_ce", "sampled_over_ce")
+    console.print(rich_table(["ratio (median of the rounds')", "CPU time", "wall time"],
+                             [[k, f"{r[k]:.3f}", f"{r['wall_' + k]:.3f}"] for k in ratios], title=f"k = {s.k}"))
+    sizes = [[x["mode"], str(x["k"]), f"{x['bytes']:,}", f"{x['tokens']:,}", f"{x['mib_per_million_tokens']:.1f}"]
+             for x in r["sizes"]]
+    console.print(rich_table(["cache", "k", "bytes", "tokens", "MiB per million tokens"], sizes, title="disk size"))
     return 0
 
 

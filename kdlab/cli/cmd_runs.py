@@ -45,7 +45,8 @@ def cmd_caches(store: RunStore) -> int:
     for path, m, complete in caches:
         made = m["made_from"]
         table.add_row(path.name, m.get("teacher", ""), str(m["rows"]), str(m.get("views", 0)),
-                      ", ".join(m["fields"]), made.get("dtype", "") + (f" top-{made['topk']}" if made.get("topk") else ""),
+                      ", ".join(m["fields"]), made.get("dtype", "") + (f" top-{made['topk']}" if made.get("topk") else "")
+                      + (f" sampled-{made['sampled']}" if made.get("sampled") else ""),
                       tensorcache.human_size(tensorcache.size_bytes(path)), "complete" if complete else "partial")
     console.print(table)
     return 0

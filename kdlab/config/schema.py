@@ -236,8 +236,13 @@ class TrainSpec(Strict):
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     grad_clip: Optional[Float] = Field(None, gt=0)
-    amp: bool = False  # mixed precision on CUDA; ignored with a warning on CPU
+    # Mixed precision (autocast): bf16 on CUDA or the CPU; fp16 (loss-scaled) on CUDA only.
+    amp: bool = False
     amp_dtype: Literal["bf16", "fp16"] = "bf16"
+    # torch.compile the student + methods module (needs a C++ compiler on the CPU), and NHWC
+    # memory format for convolutional models and images: see docs/speed.md for when they pay.
+    compile: bool = False
+    channels_last: bool = False
     # Write the full (resumable) checkpoint every N epochs and at the last; a resumed run
     # replays the epochs after the last one written, exactly.
     checkpoint_every: Int = Field(1, ge=1)
@@ -246,7 +251,8 @@ class TrainSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1})
+        return omit_defaults(handler(self), {"checkpoint_every": 1, "eval_every": 1, "compile": False,
+                                             "channels_last": False})
 
 
 def _default_methods() -> list[MethodSpec]:
@@ -265,8 +271,21 @@ class CacheSpec(Strict):
     dtype: Literal["float32", "float16"] = "float32"
     # Keep only the k largest logits per output (+ the remaining log-mass): for many classes.
     topk: Optional[Int] = Field(None, ge=1)
+    # Or k token ids per output drawn from the teacher (seeded by `seed`) and its entropy:
+    # an unbiased forward-KL estimate (fkl only; docs/llm.md).
+    sampled: Optional[Int] = Field(None, ge=1)
     # Where to keep it (default: <store>/cache/<key>); one made from anything else is refused.
     path: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if self.topk and self.sampled:
+            raise ValueError("teacher.cache takes topk or sampled, not both")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return "topk" if self.topk else "sampled" if self.sampled else "full"
 
 
 class TeacherSpec(Strict):
@@ -280,6 +299,9 @@ class TeacherSpec(Strict):
     methods: Optional[list[MethodSpec]] = None
     seed: Optional[Int] = None  # default: the experiment's first seed
     cache: Optional[CacheSpec] = None  # reuse the teacher's outputs across students (see CacheSpec)
+    # bf16: the trained or loaded teacher is held in bfloat16 while it teaches (its outputs are
+    # upcast to float32 for the losses); the student trains in float32 whatever this says.
+    dtype: Literal["float32", "bf16"] = "float32"
 
     @field_validator("cache", mode="before")
     @classmethod
@@ -288,7 +310,7 @@ class TeacherSpec(Strict):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        return omit_defaults(handler(self), {"cache": None})
+        return omit_defaults(handler(self), {"cache": None, "dtype": "float32"})
 
 
 class PipelineSpec(BaseModel):
@@ -370,7 +392,18 @@ class Experiment(Strict):
         needing = [m.name for ms in self.method_sets().values() for m in ms if needs_teacher(m)]
         if needing and not self.all_teachers():
             raise ValueError(f"method(s) {', '.join(sorted(set(needing)))} need a teacher: add a `teacher:` section")
+        self._check_cache_reader()
         return self
+
+    def _check_cache_reader(self) -> None:
+        """teacher.cache is refused, not ignored, by a pipeline that does not read it."""
+        name = self.pipeline.name if self.pipeline else "distill"
+        entry = PIPELINES.get(name)
+        if any(t.cache for t in self.all_teachers()) and not entry.extra.get("teacher_cache"):
+            readers = ", ".join(n for n in PIPELINES.names() if PIPELINES.get(n).extra.get("teacher_cache"))
+            hint = entry.extra.get("cache_hint", f"the pipelines that read it: {readers}")
+            raise ValueError(f"pipeline '{name}' does not read teacher.cache (it computes its teachers' outputs "
+                             f"itself): remove teacher.cache; {hint}")
 
     def uses_teacher(self) -> bool:
         """Whether a method reads a teacher or the student is initialised from one."""

@@ -47,6 +47,19 @@ class Split:
         """The first n samples as a batch (unprepared)."""
         return {k: v[:n] for k, v in self.tensors.items()}
 
+    # Shared with the streamed `StreamSplit`, for code that reads a whole split either way.
+    def rows(self, index: Tensor) -> dict[str, Tensor]:
+        """Samples `index` as a batch (unprepared)."""
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    def chunks(self, size: int):
+        """Every sample in order, `size` at a time, as batches (unprepared)."""
+        for a in range(0, len(self), size):
+            yield {k: v[a : a + size] for k, v in self.tensors.items()}
+
+    def labels(self) -> Optional[Tensor]:
+        return self.tensors.get("y")
+
 
 @dataclass
 class DataBundle:

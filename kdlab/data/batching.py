@@ -8,8 +8,9 @@ from kdlab.data.base import Split
 
 
 def cut_batch(split: Split, index: Tensor, prepare=None, augment=None, generator=None) -> dict[str, Tensor]:
-    """Samples `index` of a split as a batch: every tensor indexed, `x` prepared and augmented."""
-    batch = {k: v[index] for k, v in split.tensors.items()}
+    """Samples `index` of a split (in memory, or streamed: read one by one) as a batch: every
+    tensor indexed, `x` prepared and augmented."""
+    batch = split.rows(index)
     batch["index"] = index
     return finish_batch(batch, prepare, augment, generator)
 

@@ -4,6 +4,9 @@
 `columns` maps kdlab's keys to the table's columns: `x` the input (numbers, token ids, or text
 tokenised by the `tokenizer_path` folder), `y` the class label (classification; language models
 predict the next token of x instead); other keys (e.g. a `loss_mask`) are passed through.
+Token classification (`task: token_classification`, e.g. NER): `x` a column of pre-split words,
+`y` one tag per word (integers 0..K-1, or strings numbered in sorted order); each word's tag goes
+to its first sub-token, -100 to the rest (see `hf_text.encode_words`).
 `datasets` keeps the table memory-mapped (Arrow; files are converted once into its cache,
 `cache`, default HF_DATASETS_CACHE), so a streamed split reads only the rows a batch needs.
 """
@@ -20,7 +23,7 @@ from torch import Tensor
 
 from kdlab.data._common import check_fractions, train_val_indices
 from kdlab.data.base import DataBundle, Split, check_classes, check_split_sizes, split_indices
-from kdlab.data.hf_text import encode, fingerprint, load_tokenizer
+from kdlab.data.hf_text import encode, encode_words, fingerprint, load_tokenizer
 from kdlab.data.stream import SampleSource, StreamSplit, materialize
 from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS
@@ -61,7 +64,7 @@ def open_table(path: str, fmt: str, split: str, what: str = "path", cache_dir: O
 
 
 def check_columns(table, columns: dict[str, str], path: str, task: str) -> None:
-    needed = ["x"] + (["y"] if task == "classification" else [])
+    needed = ["x"] + (["y"] if task != "lm" else [])
     lacking = [k for k in needed if k not in columns]
     if lacking:
         raise KdlabError(f"data.params.columns needs {' and '.join(lacking)} (e.g. columns: {{x: text, y: label}})")
@@ -74,10 +77,19 @@ def check_columns(table, columns: dict[str, str], path: str, task: str) -> None:
 class TableSource(SampleSource):
     """Rows of a memory-mapped table as samples; text columns tokenised when read."""
 
-    def __init__(self, table, columns: dict[str, str], task: str, tokenizer=None, max_length: int = 128):
+    def __init__(self, table, columns: dict[str, str], task: str, tokenizer=None, max_length: int = 128, tags=None):
+        """`tags`: (count, names, name -> id) of another source (a test table numbers its tags as train does)."""
         self.table, self.columns, self.task = table, columns, task
         self.tokenizer, self.max_length = tokenizer, max_length
         self.labels = None
+        self.tag_names: Optional[list[str]] = None
+        if task == "token_classification":
+            own = word_tags(table, columns["y"])
+            self.num_tags, self.tag_names, self._tag_ids = tags or own
+            if tags is not None and ((own[1] is None) != (tags[1] is None) or set(own[2]) - set(tags[2])
+                                     or own[0] > tags[0] and own[1] is None):
+                raise KdlabError(f"column '{columns['y']}' of the test table holds tags the training table does not: "
+                                 "both tables need one tag set")
         if task == "classification":
             self.labels = np.asarray(table.data.column(columns["y"]).to_numpy())
             if self.labels.dtype.kind not in "iub" or (len(self.labels) and self.labels.min() < 0):
@@ -92,13 +104,40 @@ class TableSource(SampleSource):
         out: dict[str, Tensor] = {}
         for key, col in self.columns.items():
             value = row[col]
-            if key == "x" and isinstance(value, str):
+            if key == "x" and self.task == "token_classification":
+                tags = [self._tag_ids[t] for t in row[self.columns["y"]]] if self.tag_names else row[self.columns["y"]]
+                out.update(encode_words(self.tokenizer, value, tags, self.max_length))
+            elif key == "y" and self.task == "token_classification":
+                continue  # read with the words, aligned to their sub-tokens
+            elif key == "x" and isinstance(value, str):
                 out.update(encode(self.tokenizer, value, self.max_length, self.task))
             elif key != "y" or self.task == "classification":
                 out[key] = as_tensor(value, col)
         if self.task == "classification":
             out["y"] = out["y"].long()
         return out
+
+
+def word_tags(table, column: str) -> tuple[int, Optional[list[str]], dict]:
+    """(number of tags, tag names or None, name -> id) of a column of per-word tag lists:
+    integer tags are their own ids (K = the largest + 1), string tags are numbered in sorted order."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    col = table.data.column(column)
+    if not pa.types.is_list(col.type) and not pa.types.is_large_list(col.type):
+        raise KdlabError(f"column '{column}' holds {col.type} values; token classification needs one list of tags per "
+                         "row (one tag per word)")
+    flat = pc.list_flatten(col)
+    if pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type):
+        names = sorted(str(v) for v in pc.unique(flat).to_pylist() if v is not None)
+        return len(names), names, {n: i for i, n in enumerate(names)}
+    if not pa.types.is_integer(flat.type):
+        raise KdlabError(f"column '{column}' holds lists of {flat.type}; tags must be integers 0..K-1 or strings")
+    lo, hi = (pc.min_max(flat)[k].as_py() for k in ("min", "max"))
+    if lo is not None and lo < 0:
+        raise KdlabError(f"column '{column}' holds the tag {lo}; integer tags must be 0..K-1")
+    return (hi + 1 if hi is not None else 0), None, {}
 
 
 def as_tensor(value, column: str) -> Tensor:
@@ -123,7 +162,7 @@ def build_hf_dataset(
     columns: dict[str, str],
     seed: int = 0,
     format: Literal["auto", "disk", "parquet", "json", "csv", "text"] = "auto",
-    task: Literal["classification", "lm"] = "classification",
+    task: Literal["classification", "lm", "token_classification"] = "classification",
     tokenizer_path: Optional[str] = None,
     max_length: int = 128,
     split: str = "train",
@@ -146,6 +185,9 @@ def build_hf_dataset(
                          "with a Hugging Face tokenizer (save_pretrained)")
     if task == "lm" and tok is None:
         raise KdlabError("task lm reads text: map x to a text column and give data.params.tokenizer_path")
+    if task == "token_classification" and (tok is None or not tok.is_fast):
+        raise KdlabError("task token_classification aligns word tags to sub-tokens: give data.params.tokenizer_path, "
+                         "a folder with a fast Hugging Face tokenizer (tokenizer.json)")
     source = TableSource(table, columns, task, tok, max_length)
     train, val, test = table_splits(source, seed, val_fraction, test_fraction, test_path,
                                     lambda p: open_table(p, format, split, "test_path", cache))
@@ -168,7 +210,8 @@ def table_splits(source: TableSource, seed, val_fraction, test_fraction, test_pa
         return splits
     test_table = open_test(test_path)
     check_columns(test_table, source.columns, test_path, source.task)
-    test = StreamSplit(TableSource(test_table, source.columns, source.task, source.tokenizer, source.max_length))
+    tags = (source.num_tags, source.tag_names, source._tag_ids) if source.task == "token_classification" else None
+    test = StreamSplit(TableSource(test_table, source.columns, source.task, source.tokenizer, source.max_length, tags))
     train_idx, val_idx = train_val_indices(labels, seed, val_fraction)
     return StreamSplit(source, train_idx), (test if val_idx is None else StreamSplit(source, val_idx)), test
 
@@ -182,7 +225,9 @@ def bundle(source: TableSource, train, val, test, tok, tokenizer: Optional[str],
         model_args["vocab_size"] = len(tok)
     if source.task == "lm":
         num_classes = len(tok)
+    elif source.task == "token_classification":
+        num_classes = source.num_tags
     else:
         num_classes = int(source.labels.max()) + 1 if len(source.labels) else 0
     return DataBundle(train=train, val=val, test=test, num_classes=num_classes, input_shape=tuple(first["x"].shape),
-                      task=source.task, model_args=model_args, meta=meta)
+                      task=source.task, class_names=source.tag_names, model_args=model_args, meta=meta)

@@ -70,3 +70,23 @@ def encode(tok, text: str, max_length: int, task: str) -> dict[str, Tensor]:
     y = ids[1:].clone()
     y[mask[1:] == 0] = IGNORE_INDEX
     return {"x": ids[:-1], "y": y, "attention_mask": mask[:-1]}
+
+
+def encode_words(tok, words, tags, max_length: int) -> dict[str, Tensor]:
+    """Pre-split words and one tag per word as a sample: sub-token ids, attention mask, and
+    `y` the word's tag on its first sub-token, -100 on the other sub-tokens, special tokens and
+    padding (the usual convention: each word is scored once). Words cut by truncation lose their tag."""
+    if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) for w in words):
+        raise KdlabError(f"a tokens column holds a {type(words).__name__}, not a list of words: map x to the column "
+                         "of pre-split words (e.g. tokens)")
+    if len(tags) != len(words):
+        raise KdlabError(f"a row has {len(words)} words but {len(tags)} tags: the tags column needs one tag per word")
+    enc = tok(list(words), is_split_into_words=True, max_length=max_length, truncation=True, padding="max_length")
+    y = torch.full((max_length,), IGNORE_INDEX, dtype=torch.long)
+    previous = None
+    for pos, word in enumerate(enc.word_ids()):
+        if word is not None and word != previous:
+            y[pos] = int(tags[word])
+        previous = word
+    return {"x": torch.tensor(enc["input_ids"], dtype=torch.long),
+            "attention_mask": torch.tensor(enc["attention_mask"], dtype=torch.long), "y": y}

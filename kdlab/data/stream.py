@@ -48,6 +48,8 @@ class TensorSource(SampleSource):
     def __init__(self, split: Split):
         self.tensors = {k: v.cpu() for k, v in split.tensors.items()}
         self.n = len(split)
+        y = self.tensors.get("y")
+        self.labels = y.numpy() if y is not None and y.dim() == 1 and not y.is_floating_point() else None
 
     def __len__(self) -> int:
         return self.n
@@ -81,6 +83,18 @@ class StreamSplit:
     def head(self, n: int) -> dict[str, Tensor]:
         return collate([self.sample(j) for j in range(min(n, len(self)))])
 
+    def rows(self, index: Tensor) -> dict[str, Tensor]:
+        """Samples `index` read one by one in this process, as a batch on `index`'s device (for
+        methods that draw extra training samples, e.g. cs_kd's same-class partners)."""
+        batch = collate([self.sample(j) for j in index.tolist()])
+        return {k: v.to(index.device) for k, v in batch.items()}
+
+    def chunks(self, size: int):
+        """Every sample in order, read `size` at a time (for a pass over the whole split in
+        bounded memory, e.g. a teacher's class-mean predictions)."""
+        for a in range(0, len(self), size):
+            yield collate([self.sample(j) for j in range(a, min(a + size, len(self)))])
+
     def subset(self, index) -> "StreamSplit":
         return StreamSplit(self.source, self.index[np.asarray(index)], self.workers)
 
@@ -104,7 +118,7 @@ class StreamSplit:
     def labels(self) -> Optional[Tensor]:
         """The `y` of every sample when the source keeps labels in memory (for stratifying)."""
         y = getattr(self.source, "labels", None)
-        return None if y is None else torch.as_tensor(y)[torch.from_numpy(self.index)]
+        return None if y is None else torch.as_tensor(y)[torch.from_numpy(self.index)].long()
 
 
 def materialize(split: Union[Split, StreamSplit], chunk: int = 1024) -> Split:

@@ -49,17 +49,30 @@ class DistillModule(nn.Module):
 def teacher_outputs(task: Task, teacher: nn.Module, tap: Optional[FeatureTap], batch: dict[str, Tensor],
                     autocast=None) -> Outputs:
     """A teacher's outputs on a batch, under inference mode, cloned so they may enter the
-    student's autograd graph (inference tensors cannot)."""
+    student's autograd graph (inference tensors cannot). A teacher held in half precision
+    (`teacher.dtype: bf16`, `kdlab.models.precision`) has its outputs upcast to float32, so the
+    losses are computed as for a float32 teacher."""
+    half = held_in_half(teacher)
+
+    def own(v: Tensor) -> Tensor:  # a copy either way (inference tensors cannot enter autograd)
+        return v.to(torch.float32, copy=True) if half is not None and v.is_floating_point() else v.clone()
+
     with torch.inference_mode(), (autocast or contextlib.nullcontext()):
         o = task.forward(teacher, batch)
         feats = tap.pop() if tap else {}
     extras = {}
     if isinstance(o, Outputs):
         feats = {**o.features, **feats}
-        extras = {k: (v.clone() if isinstance(v, Tensor) else v) for k, v in o.extras.items()}
+        extras = {k: (own(v) if isinstance(v, Tensor) else v) for k, v in o.extras.items()}
         o = o.logits
     return Outputs(
-        logits=o.clone() if o is not None else None,
-        features={k: v.clone() for k, v in feats.items()},
+        logits=own(o) if o is not None else None,
+        features={k: own(v) for k, v in feats.items()},
         extras=extras,
     )
+
+
+def held_in_half(model: nn.Module) -> Optional[torch.dtype]:
+    """The model's parameter dtype when it is bfloat16 or float16, else None."""
+    p = next(model.parameters(), None)
+    return p.dtype if p is not None and p.dtype in (torch.bfloat16, torch.float16) else None

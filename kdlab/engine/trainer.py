@@ -25,6 +25,8 @@ from kdlab.engine import distributed as D
 from kdlab.engine.checkpoint import FORMAT, load_model_state, read_resumable
 from kdlab.engine.curriculum import Curriculum
 from kdlab.engine.evaluation import evaluate
+from kdlab.engine.fast_step import (amp_enabled, channels_last, channels_last_batch, check_compile, compile_in_place,
+                                    compiled, is_convolutional)
 from kdlab.engine.loader import TensorLoader, make_loader
 from kdlab.engine.module import DistillModule, teacher_outputs
 from kdlab.engine.optim import build_optimizer, lr_factor, set_lr
@@ -98,9 +100,16 @@ class Trainer:
         self.recorder = recorder
         self.progress = progress
         self.env = D.current()
-        self.amp_on = s.train.amp and s.device.type == "cuda"
-        if s.train.amp and not self.amp_on:
-            warnings.warn("train.amp is for CUDA; running in float32 on the CPU", stacklevel=2)
+        self.amp_on, why_not = amp_enabled(s.train.amp, s.train.amp_dtype, s.device)
+        if why_not:
+            warnings.warn(why_not, stacklevel=2)
+        if s.train.channels_last:
+            self.teachers = [channels_last(t) for t in self.teachers]
+        if s.train.compile:
+            check_compile(s.device)
+        # What runs the teachers' forward: compiled wrappers with train.compile (the modules
+        # themselves keep their names, for the feature taps, and are not changed).
+        self.teacher_calls = [compiled(t) for t in self.teachers] if s.train.compile else self.teachers
         self.amp_dtype = torch.bfloat16 if s.train.amp_dtype == "bf16" else torch.float16
         # Always present, a no-op unless fp16 needs loss scaling; its state is checkpointed.
         self.scaler = torch.amp.GradScaler(s.device.type, enabled=self.amp_on and self.amp_dtype == torch.float16)
@@ -182,6 +191,11 @@ class Trainer:
             return
         old = self.opt
         self.module = module.to(self.device)
+        self.nhwc = self.spec.channels_last and is_convolutional(self.module)  # images made NHWC in the step
+        if self.nhwc:
+            channels_last(self.module)
+        if self.spec.compile:  # in place and inside DDP: see kdlab.engine.fast_step
+            compile_in_place(self.module)
         self.wrapped = self.module
         if self.env.active:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -281,6 +295,8 @@ class Trainer:
         set_lr(self.opt, self.spec.optimizer.lr, lr_factor(self.spec.schedule, t, self.spec.epochs))
         for m in self.methods:
             batch = m.transform_batch(batch)
+        if self.nhwc:
+            batch = channels_last_batch(batch)
         teachers = self.curriculum.teacher_outputs(batch)
         with self.autocast():
             total, terms = self.wrapped(batch, teachers)
@@ -311,7 +327,7 @@ class Trainer:
         caches = self.setup.teacher_caches or [None] * len(self.teachers)
         return [c.teacher_outputs(batch) if c is not None and c.holds(batch)
                 else teacher_outputs(self.task, t, tap, batch, self.autocast())
-                for t, tap, c in zip(self.teachers, self.teacher_taps, caches)]
+                for t, tap, c in zip(self.teacher_calls, self.teacher_taps, caches)]
 
     def evaluate(self, model: nn.Module, split) -> dict[str, float]:
         return evaluate(model, split, self.task, self.data.prepare, self.setup.eval_batch_size, self.autocast())

@@ -6,11 +6,14 @@ Without views the stored outputs are the teacher's own on the same samples: a fl
 gives the uncached run bit for bit. With `views: K`, the K augmented images of every sample
 are stored next to the teacher's outputs on them, and `pick` hands the student, each epoch,
 one of them (teacher and student see the same image).
+
+A top-k cache (k below the width) or a sampled cache answers with `SparseTeacherOutputs`: the
+token-level divergences read the sparse distribution, other methods get dense logits built on
+first use. A top-k cache with k >= the width holds every logit and answers with them exactly.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import numpy as np
@@ -18,26 +21,9 @@ import torch
 from torch import Tensor
 
 from kdlab.knowledge.outputs import Outputs
+from kdlab.knowledge.sparse_logits import SampledLogits, SparseTeacherOutputs, TopKLogits, from_topk, topk_fields  # noqa: F401
 from kdlab.seeding import derive, generator
 from kdlab.store.tensorcache import TensorCache
-
-
-def topk_fields(logits: Tensor, k: int) -> dict[str, Tensor]:
-    """The k largest logits of each row (values, indices) and the log of the summed exp of
-    the others (`rest`): enough to restore the softmax's top-k probabilities and the mass
-    left to the rest."""
-    values, indices = logits.float().topk(k, dim=-1)
-    rest = logits.float().scatter(-1, indices, float("-inf")).logsumexp(-1)
-    return {"values": values, "indices": indices.int(), "rest": rest}
-
-
-def from_topk(values: Tensor, indices: Tensor, rest: Tensor, width: int) -> Tensor:
-    """Logits whose softmax (temperature 1) has the stored top-k probabilities and spreads
-    the remaining mass evenly over the other classes."""
-    others = width - values.shape[-1]
-    fill = rest - math.log(others) if others else rest
-    out = fill.unsqueeze(-1).expand(*values.shape[:-1], width).clone()
-    return out.scatter(-1, indices.long(), values)
 
 
 class CachedTeacher:
@@ -45,7 +31,10 @@ class CachedTeacher:
         self.cache, self.device = cache, device
         m = cache.manifest
         self.views, self.samples, self.topk = int(m["views"]), int(m["samples"]), m.get("topk")
+        self.sampled = m.get("sampled")  # k draws per row from the teacher (a sampled cache)
         self.width = m.get("width")
+        # A top-k cache with k >= the vocabulary holds every logit: answered densely, exactly.
+        self.kept = m["fields"]["logits.values"]["shape"][-1] if self.topk else None
         self.features: dict[str, str] = m.get("features", {})  # layer -> field
 
     def holds(self, batch: dict[str, Tensor]) -> bool:
@@ -65,13 +54,17 @@ class CachedTeacher:
 
     def teacher_outputs(self, batch: dict[str, Tensor]) -> Outputs:
         rows = self._rows(batch)
-        if self.topk:
-            logits = from_topk(self._tensor("logits.values", rows), self._tensor("logits.indices", rows, None),
-                               self._tensor("logits.rest", rows), self.width)
-        else:
-            logits = self._tensor("logits", rows)
         feats = {layer: self._tensor(field, rows) for layer, field in self.features.items()}
-        return Outputs(logits=logits, features=feats)
+        if self.sampled:
+            sparse = SampledLogits(self._tensor("logits.ids", rows, None), self._tensor("logits.entropy", rows))
+            return SparseTeacherOutputs(sparse, self.width, feats)
+        if self.topk:
+            sparse = TopKLogits(self._tensor("logits.values", rows), self._tensor("logits.indices", rows, None),
+                                self._tensor("logits.rest", rows))
+            if self.kept < self.width:
+                return SparseTeacherOutputs(sparse, self.width, feats)
+            return Outputs(logits=sparse.dense(self.width), features=feats)
+        return Outputs(logits=self._tensor("logits", rows), features=feats)
 
     def pick(self, index: Tensor, epoch: int, seed: int) -> dict[str, Tensor]:
         """The stored view of each sample for this epoch: view (offset_i + epoch) mod K, with

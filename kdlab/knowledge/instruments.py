@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.errors import KdlabError
 from kdlab.knowledge.adapters import call_model, logits_of
 
 # Warning thresholds (kdlab's choices, documented in docs/understanding.md).
@@ -67,16 +68,30 @@ def cosine_similarity_matrix(vectors: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: Tensor, prepare=None, batch_size: int = 1024) -> Tensor:
+def predict_logits(model: nn.Module, x, prepare=None, batch_size: int = 1024) -> Tensor:
+    """Logits of `x`: a tensor, or a split (in memory or streamed: its inputs read `batch_size`
+    samples at a time, onto the model's device)."""
+    if isinstance(x, Tensor):
+        parts = (x[i : i + batch_size] for i in range(0, len(x), batch_size))
+    else:
+        device = next(model.parameters(), torch.empty(0)).device
+        parts = (chunk["x"].to(device) for chunk in x.chunks(batch_size))
     was = model.training
     model.eval()
     outs = []
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size]
+        for xb in parts:
             outs.append(logits_of(call_model(model, prepare(xb) if prepare is not None else xb), model).float())
     model.train(was)
     return torch.cat(outs) if outs else torch.zeros(0)
+
+
+def split_labels(split, like: Tensor) -> Tensor:
+    """A split's class labels (a streamed split's without reading its inputs), on `like`'s device."""
+    y = split.labels()
+    if y is None or y.dim() != 1:
+        raise KdlabError("this instrument needs class labels `y` (one integer per sample) of the data")
+    return y.to(like.device)
 
 
 def class_mean_rows(values: Tensor, y: Tensor, num_classes: int) -> Tensor:
@@ -93,8 +108,8 @@ def model_class_similarity(model: nn.Module, data=None) -> Tensor:
         return cosine_similarity_matrix(fc.weight).cpu()
     if data is None:
         raise ValueError("a model without a linear `fc` needs the data for class-mean logits")
-    logits = predict_logits(model, data.train["x"], data.prepare)
-    means = class_mean_rows(logits, data.train["y"], data.num_classes)
+    logits = predict_logits(model, data.train, data.prepare)
+    means = class_mean_rows(logits, split_labels(data.train, logits), data.num_classes)
     return cosine_similarity_matrix(means - means.mean(0, keepdim=True)).cpu()
 
 
@@ -196,11 +211,11 @@ def teacher_warnings(mean_q_t: float, wrong_entropy: float, wrong_uniformity: fl
 def diagnose_teacher(teacher: nn.Module, data, tau: float = 1.0) -> TeacherReport:
     """Teacher diagnostics on the training set (confidence, wrong-class mass) and on held-out
     data (ECE on validation, or test when there is no validation split)."""
-    probs = F.softmax(predict_logits(teacher, data.train["x"], data.prepare), dim=1)
-    y = data.train["y"]
+    probs = F.softmax(predict_logits(teacher, data.train, data.prepare), dim=1)
+    y = split_labels(data.train, probs)
     st = wrong_class_stats(probs, y)
     held, name = (data.val, "val") if len(data.val) else (data.test, "test")
-    hprobs = F.softmax(predict_logits(teacher, held["x"], data.prepare), dim=1)
+    hprobs = F.softmax(predict_logits(teacher, held, data.prepare), dim=1)
     geom = None
     if getattr(data, "superclass", None):
         geom = geometry_score(model_class_similarity(teacher, data), superclass_comembership(data.superclass))
@@ -209,7 +224,7 @@ def diagnose_teacher(teacher: nn.Module, data, tau: float = 1.0) -> TeacherRepor
         wrong_entropy=float(st["wrong_entropy"].mean()),
         wrong_uniformity=float(st["wrong_uniformity"].mean()),
         train_top1=100.0 * float((probs.argmax(1) == y).float().mean()),
-        ece=expected_calibration_error(hprobs, held["y"]),
+        ece=expected_calibration_error(hprobs, split_labels(held, hprobs)),
         ece_split=name,
         geometry=geom,
         q_t=st["q_t"].cpu().numpy(),

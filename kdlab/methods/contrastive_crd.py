@@ -101,7 +101,7 @@ class CRD(FeatureMethod):
         y = None
         if params.negatives == "other_class":
             train = getattr(getattr(ctx, "data", None), "train", None)
-            y = train["y"] if train is not None and "y" in train.tensors else None
+            y = train.labels() if train is not None else None  # streamed: the labels only, inputs unread
             if y is None or y.dim() != 1:
                 raise KdlabError("crd negatives='other_class' needs class labels `y` in the training data; use negatives: uniform")
         self._set_classes(y)

@@ -19,6 +19,7 @@ from pydantic import Field
 from torch import Tensor
 
 from kdlab.errors import KdlabError
+from kdlab.knowledge.sparse_logits import SPARSE, SampledLogits
 from kdlab.methods import token_divergences as td
 from kdlab.methods.base import Method, MethodParams, one_teacher, register_method
 
@@ -66,13 +67,28 @@ class TokenDivergence(Method):
 
     def forward(self, batch, student, teachers):
         p = self.params
-        s, t = student.logits, one_teacher(teachers, self.name).logits
-        if s.shape != t.shape:
+        s, t_out = student.logits, one_teacher(teachers, self.name)
+        t = self._sparse(t_out.extras[SPARSE], s) if SPARSE in t_out.extras else t_out.logits
+        if isinstance(t, Tensor) and s.shape != t.shape:
             raise KdlabError(f"{self.name}: student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ; "
                              "token-level divergences need the same tokens and vocabulary (one tokenizer)")
         chunk = p.chunk_tokens or td.auto_chunk_tokens(s.shape[-1])
         loss = td.divergence_loss(s, t, token_mask(batch, s), self.per_token(), p.tau, chunk)
         return {self.name: loss}
+
+    def _sparse(self, t, s: Tensor):
+        """A teacher from a top-k or sampled cache (`sparse_divergences`), checked against
+        the student's logits and this method's settings."""
+        if tuple(t.shape) != tuple(s.shape[:-1]):
+            raise KdlabError(f"{self.name}: the cached teacher has {tuple(t.shape)} token positions but the student's "
+                             f"logits {tuple(s.shape[:-1])}: rebuild the cache for this data")
+        if self.params.tau != 1:
+            raise KdlabError(f"{self.name}: a top-k or sampled teacher cache holds the teacher at temperature 1 (its tail "
+                             f"at tau {self.params.tau:g} is unknown): set tau: 1, or cache with topk equal to the vocabulary")
+        if isinstance(t, SampledLogits) and not isinstance(self, ForwardKL):
+            raise KdlabError(f"{self.name}: a sampled teacher cache gives an unbiased estimate of the forward KL only: "
+                             "use fkl, or a topk cache for other divergences")
+        return t
 
 
 @register_method("fkl", "token-level forward KL(p‖q) on LM logits, mean over unmasked tokens (mode-covering)",

@@ -37,9 +37,13 @@ class CSKD(Method):
 
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
-        if ctx.data is None or "y" not in ctx.data.train.tensors:
-            raise KdlabError("cs_kd needs labelled training data (a `y` tensor) to pair samples of one class")
-        y = ctx.data.train["y"].long()
+        # Labels only: a streamed split gives them without reading its inputs (partners are then
+        # read sample by sample in this process when drawn).
+        y = ctx.data.train.labels() if ctx.data is not None else None
+        if y is None or y.dim() != 1:
+            raise KdlabError("cs_kd needs class labels `y` (one integer per sample) of the training split to pair "
+                             "samples of one class")
+        y = y.long().to(ctx.device)
         order = torch.argsort(y.cpu(), stable=True)
         counts = torch.bincount(y.cpu(), minlength=int(y.max()) + 1)
         self._data = ctx.data

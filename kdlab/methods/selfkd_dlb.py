@@ -33,6 +33,7 @@ class DLB(Method):
     def __init__(self, params, ctx):
         super().__init__(params, ctx)
         self._data = ctx.data
+        self._device = ctx.device  # where batches are (a streamed split has no tensors to ask)
         self._reset()
 
     def _reset(self):
@@ -43,14 +44,14 @@ class DLB(Method):
     def on_epoch_start(self, epoch):
         super().on_epoch_start(epoch)
         self._reset()
-        self._gens = epoch_generators(self._data.train["y"].device)
+        self._gens = epoch_generators(self._device)
 
     def transform_batch(self, batch):
         n = len(batch["y"])
         out = batch
         if self._prev_index is not None:
             if self._gens is None:
-                self._gens = epoch_generators(self._data.train["y"].device)
+                self._gens = epoch_generators(self._device)
             out = concat_batches(batch, draw_train(self._data, self._prev_index, self._gens[1]))
         out["dlb_n"] = torch.tensor(n)
         self._prev_index = batch["index"]

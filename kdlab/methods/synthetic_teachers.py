@@ -67,20 +67,28 @@ def pt_sim_targets(teacher_probs: Tensor, y: Tensor, sim: Tensor) -> Tensor:
     return r
 
 
-def class_mean_probs(teacher: nn.Module, x: Tensor, y: Tensor, num_classes: int, prepare=None,
+def class_mean_probs(teacher: nn.Module, split, num_classes: int, prepare=None,
                      batch_size: int = 1024, tau: float = 1.0) -> Tensor:
-    """Mean teacher distribution softmax(teacher / tau) over the training examples of each class."""
-    sums = torch.zeros(num_classes, num_classes, device=x.device)
-    counts = torch.zeros(num_classes, device=x.device)
+    """Mean teacher distribution softmax(teacher / tau) over the training examples of each class
+    (`split` in memory or streamed: read `batch_size` samples at a time)."""
+    labels = split.labels()
+    if labels is None or labels.dim() != 1:
+        raise KdlabError("class-mean similarity targets need class labels `y` (one integer per sample) in the training split")
+    device = next(teacher.parameters(), torch.empty(0)).device
+    sums = torch.zeros(num_classes, num_classes, device=device)
+    counts = torch.zeros(num_classes, device=device)
     was = teacher.training
     teacher.eval()
+    done = 0
     with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size]
+        for chunk in split.chunks(batch_size):
+            xb = chunk["x"].to(device)
             xb = prepare(xb) if prepare is not None else xb
+            y = labels[done : done + len(xb)].to(device)
+            done += len(xb)
             p = F.softmax(logits_of(call_model(teacher, xb), teacher).float() / tau, dim=1)
-            sums.index_add_(0, y[i : i + batch_size], p)
-            counts.index_add_(0, y[i : i + batch_size], torch.ones(len(p), device=x.device))
+            sums.index_add_(0, y, p)
+            counts.index_add_(0, y, torch.ones(len(p), device=device))
     teacher.train(was)
     if bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()[:5]
@@ -88,17 +96,15 @@ def class_mean_probs(teacher: nn.Module, x: Tensor, y: Tensor, num_classes: int,
     return sums / counts[:, None]
 
 
-def _train_xy(ctx: MethodContext) -> tuple[Tensor, Tensor]:
-    data = ctx.data
-    if data is None or "x" not in data.train.tensors or "y" not in data.train.tensors:
-        raise KdlabError("class-mean similarity targets need the training split (x, y) in the method context")
-    return data.train["x"], data.train["y"]
+def _train_split(ctx: MethodContext):
+    if ctx.data is None:
+        raise KdlabError("class-mean similarity targets need the training split in the method context")
+    return ctx.data.train
 
 
 def class_mean_targets(teacher: nn.Module, ctx: MethodContext, tau: float) -> Tensor:
     """Row c: the mean of softmax(teacher / tau) over the class-c examples the student trains on."""
-    x, y = _train_xy(ctx)
-    return class_mean_probs(teacher, x, y, ctx.num_classes, ctx.data.prepare, tau=tau)
+    return class_mean_probs(teacher, _train_split(ctx), ctx.num_classes, ctx.data.prepare, tau=tau)
 
 
 def teacher_class_vectors(teacher: nn.Module, ctx: MethodContext, source: str) -> Tensor:
@@ -108,8 +114,7 @@ def teacher_class_vectors(teacher: nn.Module, ctx: MethodContext, source: str) -
         if not isinstance(fc, nn.Linear):
             raise KdlabError("sim_source 'fc' needs a teacher whose last layer `fc` is nn.Linear; use sim_source: class_mean")
         return fc.weight.detach().clone()
-    x, y = _train_xy(ctx)
-    return class_mean_probs(teacher, x, y, ctx.num_classes, ctx.data.prepare)
+    return class_mean_probs(teacher, _train_split(ctx), ctx.num_classes, ctx.data.prepare)
 
 
 class _SyntheticTeacher(Method):

@@ -27,6 +27,10 @@ intermediates are freed before the next chunk). Peak memory is the logits, their
 backward needs anyway) and one chunk's intermediates, whatever the sequence length. Value and
 gradient equal the unchunked loss (`chunk_tokens=None`, plain autograd on all tokens at once).
 The chunked loss is differentiable once (no double backward).
+
+**Sparse teachers**: the teacher may also be a top-k or sampled distribution read from a
+teacher-output cache (`kdlab.knowledge.sparse_logits`); the same reduction and chunking apply,
+the per-row values come from `sparse_divergences` (k + 1 buckets; the sampled forward KL).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from kdlab.knowledge.sparse_logits import SampledLogits, TopKLogits
+from kdlab.methods import sparse_divergences
+
+# A teacher is dense logits, or a sparse distribution from a teacher-output cache.
+Teacher = Tensor | TopKLogits | SampledLogits
 
 # (student log-probs (n, V), teacher log-probs (n, V)) -> per-token divergence (n,)
 PerToken = Callable[[Tensor, Tensor], Tensor]
@@ -117,6 +127,19 @@ def _log_probs(logits: Tensor, tau: float) -> Tensor:
     return F.log_softmax(logits.to(compute_dtype(logits.dtype)) / tau, dim=-1)
 
 
+def token_values(s: Tensor, t: Teacher, per_token: PerToken, tau: float) -> Tensor:
+    """Per-row divergence of student rows s (n, V) from teacher rows t (dense (n, V) logits,
+    or a sparse teacher: `sparse_divergences`, temperature 1)."""
+    if isinstance(t, Tensor):
+        return per_token(_log_probs(s, tau), _log_probs(t, tau))
+    return sparse_divergences.token_values(s, t, per_token, compute_dtype(s.dtype))
+
+
+def _rows(x: Teacher, rows: Tensor, grad: bool) -> Teacher:
+    picked = x.index_select(0, rows)
+    return picked.requires_grad_(grad) if isinstance(picked, Tensor) else picked
+
+
 def auto_chunk_tokens(vocab: int) -> int:
     return max(1, CHUNK_ELEMENTS // max(vocab, 1))
 
@@ -127,7 +150,7 @@ class _ChunkedDivergence(torch.autograd.Function):
     backward scales and returns (kept on ctx, not saved: it is no input or output)."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, t: Tensor, rows: Tensor, per_token: PerToken, tau: float, chunk: int):
+    def forward(ctx, s: Tensor, t: Teacher, rows: Tensor, per_token: PerToken, tau: float, chunk: int):
         need = ctx.needs_input_grad[:2]
         n = len(rows)
         grads = [torch.zeros_like(x) if k else None for x, k in zip((s, t), need)]
@@ -135,10 +158,10 @@ class _ChunkedDivergence(torch.autograd.Function):
         device_type = s.device.type
         for i in range(0, n, chunk):
             r = rows[i : i + chunk]
-            inputs = [x.index_select(0, r).requires_grad_(k) for x, k in zip((s, t), need)]
+            inputs = [_rows(x, r, k) for x, k in zip((s, t), need)]
             # The divergence runs in float32 (float64 for float64 logits), even under autocast.
             with torch.enable_grad(), torch.autocast(device_type, enabled=False):
-                value = per_token(_log_probs(inputs[0], tau), _log_probs(inputs[1], tau)).sum()
+                value = token_values(inputs[0], inputs[1], per_token, tau).sum()
             wanted = [x for x, k in zip(inputs, need) if k]
             if wanted and value.requires_grad:  # not so for e.g. skew KL at alpha = 1 (identically 0)
                 for g, buf in zip(torch.autograd.grad(value, wanted), [b for b in grads if b is not None]):
@@ -158,7 +181,7 @@ class _ChunkedDivergence(torch.autograd.Function):
 
 def divergence_loss(
     student_logits: Tensor,
-    teacher_logits: Tensor,
+    teacher_logits: Teacher,
     mask: Tensor,
     per_token: PerToken,
     tau: float = 1.0,
@@ -169,15 +192,16 @@ def divergence_loss(
 
     chunk_tokens=None computes all unmasked tokens at once with plain autograd (the reference,
     memory ∝ tokens × V × the divergence's intermediates); an integer processes that many
-    tokens at a time with bounded memory and the same value and gradient."""
+    tokens at a time with bounded memory and the same value and gradient. The teacher may be
+    a sparse distribution of the same rows (a top-k or sampled cache, temperature 1)."""
     vocab = student_logits.shape[-1]
     s = student_logits.reshape(-1, vocab)
-    t = teacher_logits.reshape(-1, vocab)
+    t = teacher_logits.reshape(-1, vocab) if isinstance(teacher_logits, Tensor) else teacher_logits.flat()
     rows = mask.reshape(-1).nonzero().squeeze(1)
     if len(rows) == 0:  # nothing to distil: a zero that is still part of the graph
         return s[:0].sum().to(compute_dtype(s.dtype))
     if chunk_tokens is None:
-        return per_token(_log_probs(s[rows], tau), _log_probs(t[rows], tau)).mean()
+        return token_values(s[rows], t.index_select(0, rows), per_token, tau).mean()
     if not torch.is_grad_enabled():  # the Function would still see needs_input_grad and build gradients
-        s, t = s.detach(), t.detach()
+        s, t = s.detach(), (t.detach() if isinstance(t, Tensor) else t)
     return _ChunkedDivergence.apply(s, t, rows, per_token, tau, int(chunk_tokens))

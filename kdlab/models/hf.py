@@ -102,7 +102,7 @@ def _head(tf, kind: str, config, where: str):
 
 
 def _size_key(task: Optional[str]) -> Optional[str]:
-    return {"classification": "num_labels", "lm": "vocab_size"}.get(task or "")
+    return {"classification": "num_labels", "token_classification": "num_labels", "lm": "vocab_size"}.get(task or "")
 
 
 def _check_size(config, kind: str, num_classes: Optional[int], task: Optional[str], where: str) -> None:
@@ -110,7 +110,7 @@ def _check_size(config, kind: str, num_classes: Optional[int], task: Optional[st
         return
     archs = list(getattr(config, "architectures", None) or [])
     classifier = kind in CLASSIFIER_KINDS or (kind == "auto" and bool(archs) and "Classification" in archs[0])
-    if task == "classification" and classifier and config.num_labels != num_classes:
+    if task in ("classification", "token_classification") and classifier and config.num_labels != num_classes:
         raise KdlabError(f"{where} predicts {config.num_labels} labels (config num_labels) but the data has "
                          f"{num_classes} classes: they must match")
     vocab = getattr(config, "vocab_size", None)

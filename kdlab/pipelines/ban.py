@@ -11,12 +11,13 @@ of the ensemble of all generations (BAN's "born-again ensemble").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
-from kdlab.config.schema import Experiment, MethodSpec
+from kdlab.config.schema import CacheSpec, Experiment, MethodSpec
 from kdlab.engine.evaluation import evaluate
 from kdlab.registry import PIPELINES
 from kdlab.stages.building import load_data
@@ -34,6 +35,22 @@ class BANParams(BaseModel):
     generations: int = Field(2, ge=1, le=20)  # born-again generations after generation 0
     ensemble_teacher: bool = False
     distill: list[MethodSpec] = Field(default_factory=_default_distill, min_length=1)
+    # Cache each teacher generation's outputs (as teacher.cache does; true: the defaults): the
+    # next generation then runs its teacher once instead of every epoch. Keyed by the teacher's
+    # weights, so every generation and seed gets its own cache, in the store.
+    cache: Optional[CacheSpec] = None
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_flag(cls, v):
+        return ({} if v else None) if isinstance(v, bool) else v
+
+    @field_validator("cache")
+    @classmethod
+    def _no_path(cls, v):
+        if v is not None and v.path is not None:
+            raise ValueError("cache.path would hold one generation's cache only; leave it out (caches go to the store)")
+        return v
 
 
 class Ensemble(nn.Module):
@@ -62,7 +79,7 @@ class BANResult:
 
 
 @PIPELINES.register("ban", "born-again networks: generation k of the same architecture distilled from k-1 (or the ensemble)",
-                    params=BANParams)
+                    params=BANParams, cache_hint="to cache each generation's outputs for the next, set pipeline.cache: true")
 def run_ban(exp: Experiment, ctx: RunContext) -> BANResult:
     """Generation 0 of each variant trains with that variant's methods (`methods` alone: one
     chain); rows are `gen<k>` (prefixed by the variant when there are several)."""
@@ -81,6 +98,7 @@ def run_ban(exp: Experiment, ctx: RunContext) -> BANResult:
                 stage = run_stage(ctx, student_stage(
                     exp, data, task, methods=methods, seed=seed, variant=f"{prefix}gen{k}".replace(" ", "-"),
                     teachers=teachers, record={"ban": params.model_dump(mode="json"), "gen0": [m.model_dump(mode="json") for m in gen0]},
+                    teacher_cache=[params.cache] if teachers else [],
                 ))
                 gens.append(stage.model.eval())
                 out.results.setdefault(f"{prefix}gen{k}", []).append(stage.row())

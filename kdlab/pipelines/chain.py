@@ -5,11 +5,12 @@ best-on-validation weights) teaches the next one."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from kdlab.config.schema import Experiment, MethodSpec, ModelSpec, TeacherSpec
+from kdlab.config.schema import CacheSpec, Experiment, MethodSpec, ModelSpec, TeacherSpec
 from kdlab.engine.evaluation import evaluate
 from kdlab.errors import KdlabError
 from kdlab.models.build import count_params
@@ -84,6 +85,7 @@ def _single_teacher(exp: Experiment) -> TeacherSpec:
     "teacher-assistant chain: teacher -> assistants -> student, each link distilled with the experiment's methods",
     "Mirzadeh et al. 2020, arXiv:1902.03393",
     params=TAKDParams,
+    teacher_cache=True,
 )
 def run_takd(exp: Experiment, ctx: RunContext) -> ChainResult:
     params: TAKDParams = exp.pipeline.params()
@@ -105,16 +107,25 @@ def run_takd(exp: Experiment, ctx: RunContext) -> ChainResult:
             current = teacher
             for i, spec in enumerate(chain_specs):
                 current = _train_link(ctx, exp, variant, methods, spec, current, i, len(chain_specs), seed,
-                                      chain_specs[: i + 1], links[i + 1], data, task)
+                                      chain_specs[: i + 1], links[i + 1], data, task, _link_cache(t_spec, i))
             if params.direct:
                 _train_link(ctx, exp, variant, methods, exp.student, teacher, -1, len(chain_specs), seed,
-                            [exp.student], links[-1], data, task)
+                            [exp.student], links[-1], data, task, t_spec.cache)
         out.chains[variant] = links
     return out
 
 
+def _link_cache(t_spec: TeacherSpec, i: int) -> Optional[CacheSpec]:
+    """teacher.cache applies to every link: an assistant's outputs are cached like the teacher's
+    (keyed by its weights, so each trained assistant gets its own cache, in the store; a
+    `path` names the teacher's cache only). Each link then runs its teacher once, not every epoch."""
+    if t_spec.cache is None or i == 0:
+        return t_spec.cache
+    return t_spec.cache.model_copy(update={"path": None})
+
+
 def _train_link(ctx, exp, variant, methods: list[MethodSpec], spec: ModelSpec, teacher: nn.Module, i: int, n: int,
-                seed: int, chain: list[ModelSpec], link: LinkResult, data, task) -> nn.Module:
+                seed: int, chain: list[ModelSpec], link: LinkResult, data, task, cache: Optional[CacheSpec]) -> nn.Module:
     """Train link i of the chain (i = -1: the direct student) and return its best-on-validation model."""
     is_student = i == n - 1 or i < 0
     tag = "direct" if i < 0 else ("student" if is_student else f"ta{i + 1}")
@@ -122,7 +133,7 @@ def _train_link(ctx, exp, variant, methods: list[MethodSpec], spec: ModelSpec, t
         exp, data, task, methods=methods, seed=seed, variant=f"{variant}-{tag}", teachers=[teacher], model=spec,
         name=exp.name if is_student else f"{exp.name}-{tag}", kind="student" if is_student else "assistant",
         label=f"{tag} {spec.source} seed {seed}",
-        record={"takd_link": tag, "takd_chain": [c.model_dump(mode="json") for c in chain]},
+        record={"takd_link": tag, "takd_chain": [c.model_dump(mode="json") for c in chain]}, teacher_cache=[cache],
     ))
     link.params = stage.summary.get("params", count_params(stage.model))
     link.runs.append(stage.row())

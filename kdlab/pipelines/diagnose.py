@@ -96,10 +96,10 @@ def ladder_methods(p: DiagnoseParams, ls_eps: float) -> dict[str, list[MethodSpe
 
 def matched_ls_eps(teacher, data, tau: float) -> float:
     """ε whose wrong-class mass ε(K-1)/K equals the teacher's mean wrong-class mass at tau."""
-    from kdlab.knowledge.instruments import predict_logits
+    from kdlab.knowledge.instruments import predict_logits, split_labels
 
-    probs = torch.softmax(predict_logits(teacher, data.train["x"], data.prepare) / tau, dim=1)
-    q_t = float(wrong_class_stats(probs, data.train["y"])["q_t"].mean())
+    probs = torch.softmax(predict_logits(teacher, data.train, data.prepare) / tau, dim=1)
+    q_t = float(wrong_class_stats(probs, split_labels(data.train, probs))["q_t"].mean())
     k = data.num_classes
     return float(min(max((1 - q_t) * k / (k - 1), 0.0), 0.99))
 

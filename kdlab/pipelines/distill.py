@@ -48,7 +48,8 @@ def new_result(exp: Experiment, data, task, teachers) -> ExperimentResult:
     return out
 
 
-@PIPELINES.register("distill", "obtain the teachers, then train every variant's student on every seed")
+@PIPELINES.register("distill", "obtain the teachers, then train every variant's student on every seed",
+                    teacher_cache=True)
 def run_distill(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     data = load_data(exp.data).to(ctx.device)
     task = get_task(data)

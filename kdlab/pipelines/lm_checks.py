@@ -57,7 +57,7 @@ def check_lm_recipe(exp: Experiment, data: DataBundle, task: Task, recipe: str, 
 
 def _vocab(model: nn.Module, data: DataBundle, who: str) -> Optional[int]:
     """The width of the model's logits on one training window."""
-    x = data.train.tensors["x"][:1].cpu()
+    x = data.train.head(1)["x"].cpu()  # in memory or streamed
     try:
         with torch.no_grad():
             return int(logits_of(call_model(model.eval(), x), model).shape[-1])

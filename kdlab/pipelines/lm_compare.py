@@ -114,7 +114,7 @@ def sample_text(model, data, spec: SampleSpec) -> str:
 
 @PIPELINES.register("lm_compare", "LM distillation recipes in one study under one budget: token-level divergences, "
                     "seqkd and on_policy variants from one teacher; test perplexity, steps, tokens, wall time, samples",
-                    params=CompareParams)
+                    params=CompareParams, teacher_cache=True)  # read by its token-level arms only
 def run_lm_compare(exp: Experiment, ctx: RunContext) -> LMComparison:
     p: CompareParams = exp.pipeline.params()
     sets = exp.method_sets()

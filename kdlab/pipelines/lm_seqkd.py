@@ -59,8 +59,11 @@ def check_seqkd(exp: Experiment, data: DataBundle, task, p: SeqKDParams) -> None
 def seqkd_data(ctx: RunContext, exp: Experiment, data: DataBundle, teacher, p: SeqKDParams) -> tuple[DataBundle, Generations, str]:
     """The data with its training split replaced by prompt + the teacher's outputs (made once,
     stored, reused), the generations, and a note saying where they are."""
-    prompts = data.train.tensors["x"][:, : p.prompt_len]
-    data_record = exp.data.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"})
+    # every training window's prompt (read chunk by chunk when streamed; prompts are small)
+    prompts = torch.cat([chunk["x"][:, : p.prompt_len] for chunk in data.train.chunks(4096)]).to(ctx.device)
+    # the prompts' identity: streamed or in memory, the same windows
+    data_record = exp.data.model_dump(mode="json", exclude={"batch_size", "eval_batch_size", "stream", "workers",
+                                                            "memory_budget"})
     gen = teacher_generations(ctx, teacher, prompts, p.gen_len, p.decode, data_record, p.batch_size)
     where = f"stored in {gen.path}" if gen.path else "not stored (no run store)"
     note = f"teacher outputs: {len(prompts)} x {p.gen_len} tokens, {'generated' if gen.made else 'reused'}, {where}"

@@ -8,7 +8,6 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.loader import TensorLoader
 from kdlab.errors import KdlabError
 
 
@@ -17,19 +16,21 @@ def subclass_counts(model: nn.Module, split, prepare=None, batch_size: int = 102
     """(C·s, F) counts: rows learned subclasses, columns fine labels."""
     if not hasattr(model, "subclass_forward"):
         raise KdlabError("this model has no subclass head; train one with `model: {name: subclass, ...}`")
-    if "fine" not in split.tensors:
+    if "fine" not in split.head(1):
         raise KdlabError("the data has no finer labels (`fine` in its splits), e.g. use dataset digits_coarse")
     was = model.training
     model.eval()
     n_sub = model.num_classes * model.subclasses
-    n_fine = int(split["fine"].max()) + 1
-    counts = torch.zeros(n_sub, n_fine, dtype=torch.long)
-    for batch in TensorLoader(split, batch_size, prepare=prepare):
-        sub = model.subclass_forward(batch["x"]).argmax(1).cpu()
-        idx = sub * n_fine + batch["fine"].long().cpu()
-        counts += torch.bincount(idx, minlength=n_sub * n_fine).reshape(n_sub, n_fine)
+    device = next(model.parameters(), torch.empty(0)).device
+    subs, fines = [], []
+    for batch in split.chunks(batch_size):  # in memory or streamed alike
+        x = batch["x"].to(device)
+        subs.append(model.subclass_forward(prepare(x) if prepare is not None else x).argmax(1).cpu())
+        fines.append(batch["fine"].long().cpu())
     model.train(was)
-    return counts
+    sub, fine = torch.cat(subs), torch.cat(fines)
+    n_fine = int(fine.max()) + 1
+    return torch.bincount(sub * n_fine + fine, minlength=n_sub * n_fine).reshape(n_sub, n_fine)
 
 
 def purity(counts: Tensor) -> float:

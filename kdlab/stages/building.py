@@ -116,7 +116,7 @@ def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
 def check_logits(model: nn.Module, data: DataBundle, task, expected: int, role: str) -> None:
     """A model whose logits do not have one entry per class (per vocabulary token for language
     models) is refused before anything trains: e.g. a network built for another label set."""
-    if task.name not in ("classification", "lm") or len(data.val) == 0:
+    if task.name not in ("classification", "lm", "token_classification") or len(data.val) == 0:
         return
     batch = data.val.head(2)
     if data.prepare is not None:
@@ -132,6 +132,7 @@ def check_logits(model: nn.Module, data: DataBundle, task, expected: int, role: 
     width = logits.shape[-1] if logits.dim() else 0
     if width != expected:
         what = "vocabulary tokens" if task.name == "lm" else "classes"
-        raise KdlabError(f"{role} gives {width} logits per {'token' if task.name == 'lm' else 'sample'} but the data "
+        per = "sample" if task.name == "classification" else "token"
+        raise KdlabError(f"{role} gives {width} logits per {per} but the data "
                          f"has {expected} {what}: make it output {expected} (an imported callable is given num_classes when it "
                          "names that parameter)")

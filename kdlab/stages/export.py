@@ -114,12 +114,13 @@ def export_run(store: RunStore, given: str, fmt: str, out: str | Path, weights: 
 
 
 def sample_batch(data: DataBundle, size: int) -> dict[str, Tensor]:
-    """The first `size` test samples as the model sees them (after the data's `prepare`)."""
-    n = min(size, len(data.test))
-    x = data.test["x"][:n]
+    """The first `size` test samples as the model sees them (after the data's `prepare`); read
+    sample by sample when the run's data is streamed (only these samples are decoded)."""
+    head = data.test.head(min(size, len(data.test)))
+    x = head["x"]
     inputs = {"x": data.prepare(x) if data.prepare is not None else x}
-    if "attention_mask" in data.test.tensors:
-        inputs["attention_mask"] = data.test["attention_mask"][:n]
+    if "attention_mask" in head:
+        inputs["attention_mask"] = head["attention_mask"]
     return inputs
 
 

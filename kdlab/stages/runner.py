@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 from kdlab.config.schema import Experiment
 from kdlab.engine import distributed as D
+from kdlab.engine.fast_step import check_compile
 from kdlab.errors import KdlabError
 from kdlab.registry import PIPELINES
 from kdlab.report.progress import Reporter
@@ -27,6 +28,8 @@ def run_experiment(
         raise KdlabError(f"pipeline '{name}' compares its own fixed set of runs and does not read `variants`; "
                          "remove `variants` (or use `methods`)")
     dev = resolve_device(device or exp.device)
+    if any(t.compile for t in (exp.train, *(s.train for s in exp.all_teachers() if s.train))):
+        check_compile(dev)  # before anything trains, not at the first compiled step
     run_store = RunStore(store)
     with Reporter(enabled=progress and D.current().main) as reporter:
         ctx = RunContext(run_store, dev, reporter, resume, stop_after_epoch)

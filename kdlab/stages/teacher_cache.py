@@ -3,9 +3,11 @@ training data, computed once and reused by every stage that distils from that te
 
 A cache is keyed by everything that determines it: the teacher's weights, the training data
 (its spec and its tensors), the preprocessing and augmentation, the views and their seed,
-the dtype, top-k and the tapped layers. It lives in `<store>/cache/<key>/` (or
-`teacher.cache.path`), is built under a store lock (concurrent runs build it once) in
-resumable shards, and is opened memory-mapped. One made from anything else is refused.
+the dtype, top-k or sampled k and the tapped layers; for language models also the
+tokenizer, the maximum length and the mode (full, topk, sampled). It lives in
+`<store>/cache/<key>/` (or `teacher.cache.path`), is built under a store lock (concurrent
+runs build it once) in resumable shards, and is opened memory-mapped. One made from anything
+else is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -26,15 +29,17 @@ from kdlab.data.batching import cut_batch
 from kdlab.engine import distributed as D
 from kdlab.engine.module import teacher_outputs
 from kdlab.errors import KdlabError
-from kdlab.knowledge.cached import CachedTeacher, topk_fields
+from kdlab.knowledge.cached import CachedTeacher
+from kdlab.knowledge.sparse_logits import sample_fields, topk_fields
 from kdlab.knowledge.taps import FeatureTap
 from kdlab.methods.base import Method
 from kdlab.seeding import derive, generator
 from kdlab.store import tensorcache
 from kdlab.store.tensorcache import TensorCache
 
-CACHED_TASKS = ("classification", "lm")
+CACHED_TASKS = ("classification", "lm", "token_classification")
 SHARD_BATCHES = 16  # batches per resumable shard
+SAMPLED_READERS = ("fkl",)  # the methods a sampled cache can answer
 
 
 def describe(fn) -> Optional[str]:
@@ -71,13 +76,28 @@ def made_from(spec: CacheSpec, teacher: nn.Module, stage, layers: list[str]) -> 
         "topk": spec.topk,
         "layers": layers,
         "task": stage.task.name,
+        **({"sampled": spec.sampled, "sample_seed": spec.seed} if spec.sampled else {}),
+        **({"mode": spec.mode, "tokenizer": tokenizer_fingerprint(data), "max_length": int(data.input_shape[0])}
+           if stage.task.name == "lm" else {}),
     }
+
+
+def tokenizer_fingerprint(data) -> Optional[str]:
+    """What tokenised the data: a Hugging Face tokenizer's fingerprint, or a hash of kdlab's
+    word tokenizer's vocabulary (None for token data that came without one)."""
+    hf = data.meta.get("hf_tokenizer")
+    if hf:
+        return f"hf:{hf['fingerprint']}"
+    tok = data.meta.get("tokenizer")
+    if tok is None:
+        return None
+    return "words:" + hashlib.sha256(json.dumps([tok.itos, tok.lowercase]).encode()).hexdigest()[:16]
 
 
 def _check(spec: CacheSpec, stage, index: int) -> None:
     data, where = stage.data, f"teacher {index}'s cache"
     if stage.task.name not in CACHED_TASKS:
-        raise KdlabError(f"{where}: teacher.cache is for classification and language-model data, not {stage.task.name} "
+        raise KdlabError(f"{where}: teacher.cache is for classification, token-classification and language-model data, not {stage.task.name} "
                          "(a ranking teacher's outputs are embedding lookups already): remove teacher.cache")
     if not isinstance(data.train, Split):
         raise KdlabError(f"{where}: teacher.cache reads the training split in memory and this data is streamed: "
@@ -119,6 +139,9 @@ def _compute(teacher: nn.Module, stage, spec: CacheSpec, layers: list[str], batc
         if spec.topk:
             k = min(spec.topk, o.logits.shape[-1])
             out.update({f"logits.{f}": numpy(v) for f, v in topk_fields(o.logits, k).items()})
+        elif spec.sampled:  # draws seeded by (seed, first row): a resumed build draws the same
+            drawn = sample_fields(o.logits, spec.sampled, generator(derive(spec.seed, start, 11), o.logits.device))
+            out.update({f"logits.{f}": numpy(v) for f, v in drawn.items()})
         else:
             out["logits"] = numpy(o.logits)
         for i, layer in enumerate(layers):
@@ -156,7 +179,7 @@ def obtain_cache(ctx, spec: CacheSpec, teacher: nn.Module, stage, layers: list[s
                 ctx.log(f"teacher {index}: building its output cache {path} ({rows} rows)")
                 compute, tap = _compute(teacher.to(ctx.device).eval(), stage, spec, layers, batch_size)
                 extra = {"samples": len(stage.data.train), "views": spec.views, "topk": spec.topk,
-                         "features": {layer: f"feature{i}" for i, layer in enumerate(layers)},
+                         "sampled": spec.sampled, "features": {layer: f"feature{i}" for i, layer in enumerate(layers)},
                          "teacher": f"{type(teacher).__name__} {sum(p.numel() for p in teacher.parameters()):,} params",
                          "width": int(stage.data.num_classes)}
                 try:
@@ -175,12 +198,21 @@ def _mb(path: Path) -> str:
     return tensorcache.human_size(tensorcache.size_bytes(path))
 
 
+def check_sampled_readers(specs: list, readers: list[str]) -> None:
+    """A sampled cache holds draws, not a distribution: only `fkl` (an unbiased estimate) reads it."""
+    others = sorted({name for name in readers if name not in SAMPLED_READERS})
+    if any(s is not None and s.sampled for s in specs) and others:
+        raise KdlabError(f"teacher.cache.sampled gives an unbiased estimate of the forward KL only, and {', '.join(others)} "
+                         "read(s) the teacher: use fkl, or teacher.cache.topk")
+
+
 def obtain_caches(ctx, stage, methods: list[Method]) -> tuple[list[Optional[CachedTeacher]], Optional[object]]:
     """(per teacher: its cache or None, the views picker or None) for a stage whose
     `teacher_cache` asks for caches."""
     specs = list(stage.teacher_cache)
     if not any(specs) or not stage.teachers:
         return [], None
+    check_sampled_readers(specs, [m.name for m in methods if getattr(m, "uses_teacher", True)])
     layers = sorted({layer for m in methods for layer in m.needs().teacher_layers})
     caches = [obtain_cache(ctx, spec, t, stage, layers, i) if spec is not None else None
               for i, (spec, t) in enumerate(zip(specs, stage.teachers))]

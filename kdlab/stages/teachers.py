@@ -15,6 +15,7 @@ from kdlab.data.base import DataBundle
 from kdlab.engine import distributed as D
 from kdlab.errors import KdlabError
 from kdlab.models.build import build_model
+from kdlab.models.precision import hold_in
 from kdlab.models.weights import load_weights
 from kdlab.stages.building import load_data
 from kdlab.stages.context import RunContext
@@ -114,4 +115,5 @@ def train_or_reuse_teacher(
 
 
 def obtain_teachers(ctx: RunContext, exp: Experiment, data: DataBundle, task: Task) -> list[nn.Module]:
-    return [obtain_teacher(ctx, spec, exp, data, task, i) for i, spec in enumerate(exp.all_teachers())]
+    """The teachers as they teach: trained or loaded in float32, then held in `teacher.dtype`."""
+    return [hold_in(obtain_teacher(ctx, spec, exp, data, task, i), spec.dtype) for i, spec in enumerate(exp.all_teachers())]

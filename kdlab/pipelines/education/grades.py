@@ -3,7 +3,8 @@ lr schedule spanning all grades.
 
 Each epoch of grade g replays every group seen so far, each batch drawn from one group and
 taught by that group's teacher (groups in sequence, or their batches interleaved in a seeded
-order). At growth the TR head is dropped and a new one (or, in the last grade, the student's
+order), or (`replay: mixed`) each batch drawn from all of them, each sample taught by its own
+group's teacher on its own group's slice. At growth the TR head is dropped and a new one (or, in the last grade, the student's
 own head) is attached; the trainer then rebuilds the optimiser over the parameters now in use,
 carrying the state of surviving parameters only when asked. Evaluation is in eval mode on
 held-out splits; the best model is chosen in the last grade only, as in the reference code.
@@ -27,7 +28,7 @@ from kdlab.errors import KdlabError
 from kdlab.knowledge.outputs import Outputs
 from kdlab.pipelines.education.growth import GradeModel, check_grade_stages, check_staged, column_index, default_grade_stages
 from kdlab.pipelines.education.group_teachers import GroupTeacher
-from kdlab.pipelines.education.loss import education_loss
+from kdlab.pipelines.education.loss import education_loss, mixed_education_loss
 from kdlab.pipelines.education.params import EducationParams
 from kdlab.seeding import derive, generator
 
@@ -95,8 +96,10 @@ def group_accuracy(model: GradeModel, split: Split, lut: Tensor, groups: list[li
 
 
 class EducationModule(nn.Module):
-    """One grade's trainable module: forward(batch, teachers) -> (loss, terms), the batch drawn
-    from one group (`batch["group"]`) and `teachers` that group's teacher outputs."""
+    """One grade's trainable module: forward(batch, teachers) -> (loss, terms). A batch drawn
+    from one group has `batch["group"]` = k and `teachers` that group's teacher outputs; a mixed
+    batch has the group of every sample (a tensor) and teacher outputs per group present, each
+    with `extras` {"group": k, "rows": the batch rows of group k}."""
 
     def __init__(self, model: GradeModel, lut: Tensor, slices: dict[int, Tensor], alpha: float, tau: float):
         super().__init__()
@@ -107,8 +110,16 @@ class EducationModule(nn.Module):
 
     def forward(self, batch: dict[str, Tensor], teachers: list[Outputs]):
         z = self.model(batch["x"])
-        cols = self.slices[batch["group"]]
-        loss, terms = education_loss(z, self.lut[batch["y"]], cols, [t.logits for t in teachers], self.alpha, self.tau)
+        targets = self.lut[batch["y"]]
+        if isinstance(batch["group"], Tensor):
+            parts: dict[int, tuple] = {}
+            for t in teachers:
+                k = t.extras["group"]
+                parts.setdefault(k, (self.slices[k], t.extras["rows"], []))[2].append(t.logits)
+            loss, terms = mixed_education_loss(z, targets, list(parts.values()), self.alpha, self.tau)
+        else:
+            cols = self.slices[batch["group"]]
+            loss, terms = education_loss(z, targets, cols, [t.logits for t in teachers], self.alpha, self.tau)
         return loss, {k: v.detach() for k, v in terms.items()}
 
 
@@ -135,6 +146,22 @@ class GroupBatches:
             yield {**next(its[k]), "group": k}
 
 
+class MixedBatches:
+    """`replay: mixed`: the batches of one epoch drawn from all seen groups' samples together;
+    each batch carries the group of every sample."""
+
+    def __init__(self, loader: TensorLoader, group_of_class: Tensor, epoch: int):
+        self.loader, self.group_of_class = loader, group_of_class
+        loader.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {**batch, "group": self.group_of_class[batch["y"]]}
+
+
 class EducationCurriculum(Curriculum):
     find_unused_parameters = True  # stages not grown yet take no part in the loss
 
@@ -159,6 +186,14 @@ class EducationCurriculum(Curriculum):
                 raise KdlabError(f"group {k + 1} (classes {self.plan.groups[k]}) has no training samples")
         self.loaders = [trainer.loader(s, shuffle=True, augment=True, seed=derive(trainer.setup.seed, 7, k))
                         for k, s in enumerate(group_train)]
+        self.group_of_class = torch.full((n_cls,), -1, dtype=torch.long, device=trainer.device)
+        for k, g in enumerate(self.plan.groups):
+            self.group_of_class[torch.as_tensor(g, device=trainer.device)] = k
+        if self.params.replay == "mixed":  # one loader per grade over the samples of its seen groups
+            seen_rows = [(self.group_of_class[data.train["y"]].unsqueeze(1) == torch.as_tensor(seen, device=trainer.device))
+                         .any(1).nonzero().squeeze(1) for seen in self.plan.seen]
+            self.mixed_loaders = [trainer.loader(data.train.subset(rows), shuffle=True, augment=True,
+                                                 seed=derive(trainer.setup.seed, 8, g)) for g, rows in enumerate(seen_rows)]
         self.sample = data.prepare(data.train["x"][:2]) if data.prepare else data.train["x"][:2]
 
     def _grade(self, g: int) -> EducationModule:
@@ -166,7 +201,7 @@ class EducationCurriculum(Curriculum):
             t, plan, p = self.trainer, self.plan, self.params
             columns = plan.columns(g, t.data.num_classes)
             torch.manual_seed(derive(t.setup.seed, g, 5))  # the TR head's init depends on (seed, grade) only
-            model = GradeModel(t.student, plan.stages[g], columns, g == self.last_grade, self.sample)
+            model = GradeModel(t.student, plan.stages[g], columns, g == self.last_grade, self.sample, p.tr_pool)
             lut = column_index(columns, t.data.num_classes, t.device)
             slices = {k: lut[torch.as_tensor(plan.groups[k], device=t.device)] for k in plan.seen[g]}
             self.current, self.grade = EducationModule(model, lut, slices, p.alpha, p.tau), g
@@ -179,14 +214,26 @@ class EducationCurriculum(Curriculum):
         return module.model.trainable()
 
     def batches(self, epoch: int):
-        return GroupBatches(self.loaders, self.plan.seen[self.plan.grade_of(epoch)], epoch, self.trainer.setup.seed,
-                            self.params.replay)
+        g = self.plan.grade_of(epoch)
+        if self.params.replay == "mixed":
+            return MixedBatches(self.mixed_loaders[g], self.group_of_class, epoch)
+        return GroupBatches(self.loaders, self.plan.seen[g], epoch, self.trainer.setup.seed, self.params.replay)
 
     def steps(self, epoch: int) -> int:
-        return sum(len(self.loaders[k]) for k in self.plan.seen[self.plan.grade_of(epoch)])
+        g = self.plan.grade_of(epoch)
+        if self.params.replay == "mixed":
+            return len(self.mixed_loaders[g])
+        return sum(len(self.loaders[k]) for k in self.plan.seen[g])
 
     def teacher_outputs(self, batch) -> list[Outputs]:
-        return [Outputs(logits=z) for z in self.group_teachers[batch["group"]](batch["x"])]
+        group = batch["group"]
+        if not isinstance(group, Tensor):
+            return [Outputs(logits=z) for z in self.group_teachers[group](batch["x"])]
+        outs = []
+        for k in torch.unique(group).tolist():  # each group's teacher on its own samples
+            rows = (group == k).nonzero().squeeze(1)
+            outs += [Outputs(logits=z, extras={"group": k, "rows": rows}) for z in self.group_teachers[k](batch["x"][rows])]
+        return outs
 
     def set_train_mode(self, module: EducationModule) -> None:
         module.model.set_mode(True)
@@ -218,4 +265,5 @@ class EducationCurriculum(Curriculum):
         self.grade_accuracy = [{int(k): v for k, v in a.items()} for a in state.get("grade_accuracy", [])]
 
     def summary(self) -> dict[str, Any]:
-        return {"grade_accuracy": [{str(k + 1): v for k, v in a.items()} for a in self.grade_accuracy]}
+        return {"grade_accuracy": [{str(k + 1): v for k, v in a.items()} for a in self.grade_accuracy],
+                "steps": sum(self.steps(e) for e in range(self.plan.epochs))}

@@ -18,22 +18,33 @@ from kdlab.errors import KdlabError
 
 
 class TRHead(nn.Module):
-    """Teaching reference: 1x1 conv to the final width -> BN -> global pool -> linear.
-    For vector features: Linear -> BN1d -> linear."""
+    """Teaching reference: 1x1 conv to the final width -> BN -> average pool -> linear. The
+    pool is global (`pool="global"`) or a k-wide average pool whose cells are flattened (the
+    reference code's is 4x4; a map smaller than k is pooled whole). For vector features:
+    Linear -> BN1d -> linear."""
 
-    def __init__(self, in_channels: int, width: int, num_classes: int, feature_dims: int):
+    def __init__(self, in_channels: int, width: int, num_classes: int, sample: Tensor, pool="global"):
         super().__init__()
-        if feature_dims == 4:
-            self.proj = nn.Sequential(nn.Conv2d(in_channels, width, 1, bias=False), nn.BatchNorm2d(width),
-                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-        elif feature_dims == 3:
-            self.proj = nn.Sequential(nn.Conv1d(in_channels, width, 1, bias=False), nn.BatchNorm1d(width),
-                                      nn.AdaptiveAvgPool1d(1), nn.Flatten(1))
-        elif feature_dims == 2:
+        dims = sample.dim()
+        if dims in (3, 4):
+            conv, bn = (nn.Conv2d, nn.BatchNorm2d) if dims == 4 else (nn.Conv1d, nn.BatchNorm1d)
+            if pool == "global":
+                pooling = nn.AdaptiveAvgPool2d(1) if dims == 4 else nn.AdaptiveAvgPool1d(1)
+            else:
+                k = [min(int(pool), n) for n in sample.shape[2:]]
+                pooling = nn.AvgPool2d(k) if dims == 4 else nn.AvgPool1d(k[0])
+            self.proj = nn.Sequential(conv(in_channels, width, 1, bias=False), bn(width), pooling, nn.Flatten(1))
+            cells = 1
+            if pool != "global":
+                for n, kk in zip(sample.shape[2:], k):
+                    cells *= n // kk
+            features = width * cells
+        elif dims == 2:
             self.proj = nn.Sequential(nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width))
+            features = width
         else:
-            raise KdlabError(f"a TR head needs (B, C), (B, C, L) or (B, C, H, W) features, got {feature_dims}-D")
-        self.fc = nn.Linear(width, num_classes)
+            raise KdlabError(f"a TR head needs (B, C), (B, C, L) or (B, C, H, W) features, got {dims}-D")
+        self.fc = nn.Linear(features, num_classes)
 
     def forward(self, feat: Tensor) -> Tensor:
         return self.fc(self.proj(feat))
@@ -66,7 +77,8 @@ def check_grade_stages(stages: Sequence[int], body_stages: int) -> None:
 class GradeModel(nn.Module):
     """The student as trained in one grade: stem + body stages 1..upto, then a head."""
 
-    def __init__(self, student: nn.Module, upto: int, columns: Sequence[int], final: bool, sample: Tensor):
+    def __init__(self, student: nn.Module, upto: int, columns: Sequence[int], final: bool, sample: Tensor,
+                 pool="global"):
         super().__init__()
         self.student = student
         self.upto = upto  # index into stage_names (0 = stem only)
@@ -80,7 +92,7 @@ class GradeModel(nn.Module):
                 feat = student.features(sample[:2], upto=upto)
             student.train(was)
             width = int(student.feat_dim)
-            self.head = TRHead(feat.shape[1], width, len(columns), feat.dim()).to(sample.device)
+            self.head = TRHead(feat.shape[1], width, len(columns), feat, pool).to(sample.device)
 
     def forward(self, x: Tensor) -> Tensor:
         feat = self.student.features(x, upto=self.upto)

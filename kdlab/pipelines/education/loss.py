@@ -35,3 +35,22 @@ def education_loss(
     kd = sliced_kd_loss(student_logits, slice_cols, teacher_logits, tau) if alpha < 1 else ce.new_zeros(())
     terms = {"ce": alpha * ce, "kd": (1 - alpha) * kd}
     return terms["ce"] + terms["kd"], terms
+
+
+def mixed_education_loss(
+    student_logits: Tensor, targets: Tensor, parts: list[tuple[Tensor, Tensor, list[Tensor]]], alpha: float, tau: float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The education loss of a batch mixing groups (`replay: mixed`): each sample is distilled
+    by its own group's teacher on its own group's slice. parts: (slice columns S_k, rows of the
+    batch from group k, the teacher logits of those rows) per group present. The KD term is the
+    mean over the whole batch of the per-sample sliced KL, so a batch of one group gives
+    `education_loss`'s value."""
+    ce = F.cross_entropy(student_logits.float(), targets)
+    kd = ce.new_zeros(())
+    if alpha < 1:
+        for cols, rows, teacher_logits in parts:
+            p = teacher_distribution(teacher_logits, tau)
+            kd = kd + kl_to_target_per_sample(student_logits[rows][:, cols], p, tau).sum()
+        kd = kd / student_logits.shape[0]
+    terms = {"ce": alpha * ce, "kd": (1 - alpha) * kd}
+    return terms["ce"] + terms["kd"], terms

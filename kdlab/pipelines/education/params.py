@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kdlab.config.schema import ModelSpec, TrainSpec
 
 BASELINES = ("ce", "kd", "avg", "ca_mkd")
+# What an ablation arm may change: how ED trains, not the groups or teachers it uses.
+ARM_SETTINGS = ("grade_groups", "grade_epochs", "grade_stages", "alpha", "tau", "replay", "tr_pool", "keep_optimizer")
 
 
 class GroupTeacherSpec(BaseModel):
@@ -42,8 +44,17 @@ class EducationParams(BaseModel):
     group_teacher: GroupTeacherSpec = Field(default_factory=GroupTeacherSpec)
     alpha: float = Field(0.3, ge=0, le=1)  # weight of CE; (1 - alpha) weighs the sliced KD
     tau: float = Field(4.0, gt=0)
-    replay: Literal["sequential", "interleaved"] = "sequential"
+    # sequential: each epoch passes over group 1, then 2, ... (single-group batches, as the
+    # reference); interleaved: the same single-group batches in a seeded order; mixed: each
+    # batch drawn from all groups seen so far, each sample distilled by its own group's teacher.
+    replay: Literal["sequential", "interleaved", "mixed"] = "sequential"
+    # Pooling of the TR head: global average (kdlab's default) or average pooling with this
+    # kernel and stride, flattened (the reference code's is 4x4); a smaller map is pooled whole.
+    tr_pool: Union[Literal["global"], Annotated[int, Field(ge=1)]] = "global"
     keep_optimizer: bool = False  # carry momentum/Adam state across growth (the code resets it)
+    # More ED runs on the same teachers and seeds, for ablations: arm name -> the settings it
+    # changes (only those in ARM_SETTINGS), e.g. {mixed_a07: {replay: mixed, alpha: 0.7}}.
+    arms: dict[str, dict[str, Any]] = Field(default_factory=dict)
     baselines: list[Literal["ce", "kd", "avg", "ca_mkd"]] = Field(default_factory=lambda: list(BASELINES))
     # Teachers of the multi-teacher baselines: this many full-class teachers (seeds +0, +1, ...).
     baseline_teachers: int = Field(3, ge=1)
@@ -56,6 +67,13 @@ class EducationParams(BaseModel):
         if self.grade_groups is not None:
             if any(n < 1 for n in self.grade_groups) or sum(self.grade_groups) != self.groups:
                 raise ValueError(f"grade_groups must be positive and sum to groups={self.groups}, got {self.grade_groups}")
+        for name, arm in self.arms.items():
+            bad = sorted(set(arm) - set(ARM_SETTINGS))
+            if bad:
+                raise ValueError(f"arm '{name}' changes {bad}; an arm may change only {list(ARM_SETTINGS)}")
+            if name in ("ed", *BASELINES):
+                raise ValueError(f"arm name '{name}' is taken by a built-in row; choose another")
+            self.arm(name)  # each arm's settings validated as a whole
         n = self.num_grades
         if self.grade_epochs is not None:
             e = self.grade_epochs
@@ -66,6 +84,10 @@ class EducationParams(BaseModel):
             if len(s) != n or s[0] < 0 or any(b < a for a, b in zip(s, s[1:])):
                 raise ValueError(f"grade_stages needs {n} non-decreasing stage counts (one per grade), got {s}")
         return self
+
+    def arm(self, name: str) -> "EducationParams":
+        """The settings of one ablation arm: these, with the arm's changes."""
+        return EducationParams(**{**self.model_dump(exclude={"arms"}), **self.arms[name]})
 
     @property
     def num_grades(self) -> int:

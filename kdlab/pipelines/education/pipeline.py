@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 
 from kdlab.config.schema import Experiment, MethodSpec
+from kdlab.data.stream import StreamSplit
 from kdlab.engine.evaluation import evaluate
 from kdlab.errors import KdlabError
 from kdlab.models.build import build_model, count_params
@@ -43,6 +44,7 @@ class EducationResult:
     results: dict[str, list[dict]] = field(default_factory=dict)
     teachers: list[dict] = field(default_factory=list)
     plot_path: Optional[str] = None
+    arms_plot_path: Optional[str] = None  # with ablation arms: every row's final test accuracy
 
     def grade_table(self) -> list[list[tuple[float, float] | None]]:
         """[grade][group] -> (mean, std) of the test accuracy on the group at the grade's end."""
@@ -67,6 +69,9 @@ class EducationResult:
             parts.append(Text(f"{t['role']}: {t['params']:,} params, test {self.metric} {t['test_top1']:.2f} "
                               f"(on its {t['classes']} classes)"))
         header, rows = comparison_rows(self.results, self.metric, "ce" if "ce" in self.results else None, label="method")
+        header.insert(3, "steps per run")
+        for row, runs in zip(rows, self.results.values()):
+            row.insert(3, "/".join(sorted({f"{r['steps']:,}" for r in runs if "steps" in r})) or "–")
         parts.append(rich_table(header, rows, title=f"{self.name}: final test {self.metric}, mean ± std over seeds"))
         gh = ["after grade (epochs)"] + [f"group {k + 1}" for k in range(len(self.groups))]
         ends = self.grade_starts[1:] + [None]
@@ -77,6 +82,8 @@ class EducationResult:
         parts.append(rich_table(gh, grows, title="ED: test accuracy on each group at the end of each grade"))
         if self.plot_path:
             parts.append(Text(f"forgetting plot: {self.plot_path}"))
+        if self.arms_plot_path:
+            parts.append(Text(f"ablation plot: {self.arms_plot_path}"))
         return Group(*parts)
 
 
@@ -85,6 +92,15 @@ def baseline_methods(name: str, p: EducationParams) -> list[MethodSpec]:
     if name == "ce":
         return [MethodSpec(name="ce")]
     return [MethodSpec(name="ce", weight=p.alpha), MethodSpec(name=name, weight=1 - p.alpha, tau=p.tau)]
+
+
+def ed_stage(exp, data, task, seed, variant, plan, teachers, p: EducationParams, groups):
+    """One ED run: the student grown grade by grade under `p` (the pipeline's or an arm's)."""
+    return student_stage(
+        exp, data, task, methods=[], seed=seed, variant=variant, label=f"{variant} seed {seed}",
+        curriculum=EducationCurriculum(plan, teachers, p),
+        record={"education": p.model_dump(mode="json", exclude={"arms"}), "groups": groups},
+    )
 
 
 def _teacher_info(role, model, data, task, classes) -> dict:
@@ -106,6 +122,10 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
     task = get_task(data)
     if task.name != "classification":
         raise KdlabError(f"education distillation is for classification data; '{exp.data.name}' is a {task.name} task")
+    if isinstance(data.train, StreamSplit):
+        # Group teachers train on relabelled subsets of the training split, held in memory.
+        raise KdlabError("education distillation relabels the training split by class group in memory, but the data "
+                         "is streamed: set data.stream: false (or a larger data.memory_budget)")
     seed_everything(exp.seeds[0])
     body = check_staged(build_model(exp.student, data))
 
@@ -147,20 +167,23 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
 
     histories = []
     for seed in exp.seeds:
-        stage = run_stage(ctx, student_stage(
-            exp, data, task, methods=[], seed=seed, variant="ed", label=f"ed seed {seed}",
-            curriculum=EducationCurriculum(plan, teachers, p),
-            record={"education": p.model_dump(mode="json"), "groups": groups},
-        ))
+        stage = run_stage(ctx, ed_stage(exp, data, task, seed, "ed", plan, teachers, p, groups))
         histories.append(stage.result.history)
         out.results.setdefault("ed", []).append(stage.row())
+    for name in p.arms:
+        ap = p.arm(name)
+        arm_plan = plan_grades(ap, groups, body, exp.train.epochs)
+        for seed in exp.seeds:
+            stage = run_stage(ctx, ed_stage(exp, data, task, seed, name, arm_plan, teachers, ap, groups))
+            out.results.setdefault(name, []).append(stage.row())
 
     for name in p.baselines:
         methods = baseline_methods(name, p)
         ts = [] if name == "ce" else generalists[:1] if name == "kd" else generalists[: p.baseline_teachers]
         for seed in exp.seeds:
             stage = run_stage(ctx, student_stage(exp, data, task, methods=methods, seed=seed, variant=name, teachers=ts))
-            out.results.setdefault(name, []).append(stage.row())
+            steps = exp.train.epochs * -(-len(data.train) // exp.data.batch_size)
+            out.results.setdefault(name, []).append({"steps": steps, **stage.row()})
 
     if ctx.env.main:
         from kdlab.report.forgetting import forgetting_plot
@@ -170,4 +193,10 @@ def run_education(exp: Experiment, ctx: RunContext) -> EducationResult:
         out.plot_path = str(forgetting_plot(histories, len(groups), plan.starts, target,
                                             title=f"{exp.name}: ED accuracy per class group ({len(exp.seeds)} seeds)"))
         ctx.log(f"forgetting plot: {out.plot_path}")
+        if p.arms:
+            from kdlab.report.arms import arms_plot
+
+            out.arms_plot_path = str(arms_plot(out.results, task.primary_metric, target.with_name("arms.png"),
+                                               reference="ce", title=f"{exp.name} ({len(exp.seeds)} seeds)"))
+            ctx.log(f"ablation plot: {out.arms_plot_path}")
     return out

@@ -28,7 +28,7 @@ from kdlab.store import tensorcache
 from kdlab.store.runstore import RunStore
 
 ENV = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
-DATA = {"name": "pydoc", "params": {"seq_len": 12, "max_tokens": 3000, "max_vocab": 100}, "batch_size": 16,
+DATA = {"name": "pydoc", "params": {"seq_len": 12, "max_tokens": 3000, "max_vocab": 100, "split": "contiguous"}, "batch_size": 16,
         "eval_batch_size": 64}
 V = 100
 TEACHER = {"name": "transformer_lm", "params": {"d_model": 32, "nhead": 2, "layers": 1, "ff": 64, "dropout": 0.0, "max_len": 24}}

@@ -17,6 +17,11 @@ from kdlab.stages.teachers import obtain_teachers
 from kdlab.tasks.base import get_task
 
 
+def check_on_policy(exp: Experiment, data, task, p: OnPolicyParams) -> None:
+    check_lm_recipe(exp, data, task, "on_policy", p.prompt_len, decoders=("student",), length=int(data.input_shape[0]),
+                    length_what="the data's sequence length")
+
+
 @PIPELINES.register("on_policy", "on-policy LM distillation (GKD): with probability lam a batch is the student's own "
                     "continuations, scored by the teacher; imitkd schedule and replay buffer as options",
                     "GKD, Agarwal et al. 2024, arXiv:2306.13649; ImitKD, Lin et al. 2020; DistiLLM, Ko et al. 2024",
@@ -25,9 +30,7 @@ def run_on_policy(exp: Experiment, ctx: RunContext) -> ExperimentResult:
     p: OnPolicyParams = exp.pipeline.params()
     data = load_data(exp.data).to(ctx.device)
     task = get_task(data)
-    seq_len = int(data.input_shape[0])
-    check_lm_recipe(exp, data, task, "on_policy", p.prompt_len, decoders=("student",), length=seq_len,
-                    length_what="the data's sequence length")
+    check_on_policy(exp, data, task, p)
     preflight(exp, data, task, ctx.device)
     teachers = obtain_teachers(ctx, exp, data, task)
     out = new_result(exp, data, task, teachers)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -29,6 +26,7 @@ from kdlab.engine import distributed as D
 from kdlab.errors import KdlabError
 from kdlab.models.decoding import DecodeSpec, continue_all
 from kdlab.stages.context import RunContext
+from kdlab.store.locks import publish_folder
 
 FOLDER = "generations"
 
@@ -82,18 +80,12 @@ def teacher_generations(ctx: RunContext, teacher: nn.Module, prompts: Tensor, ge
 
 def _write(folder: Path, prompts: Tensor, outputs: Tensor, meta: dict) -> None:
     """Written into a temporary folder that is renamed into place: a reader sees all or nothing."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    def fill(tmp: Path) -> None:
         save_file({"prompts": prompts.cpu().contiguous(), "outputs": outputs.cpu().contiguous()},
                   str(tmp / "tokens.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if folder.exists():  # a leftover without meta.json (never complete)
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_folder(folder, fill)  # a leftover without meta.json (never complete) is replaced
 
 
 def _read(folder: Path, prompts: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ from typing import Any, Optional
 import yaml
 
 from kdlab.errors import KdlabError
+from kdlab.store.locks import file_lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -198,14 +199,8 @@ class RunStore:
     @contextlib.contextmanager
     def lock(self, key: str):
         """Hold `locks/<key>.lock` (waiting for another process that holds it)."""
-        path = self.root / "locks" / f"{key}.lock"
-        path.parent.mkdir(exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.root / "locks" / f"{key}.lock"):
             yield
-        finally:
-            os.close(fd)
 
     def set_status(self, rid: str, status: str, summary: Optional[dict] = None,
                    metric_value: Optional[float] = None) -> None:

@@ -64,7 +64,7 @@ def test_education_grades_train_under_two_process_ddp(tmp_path):
 
 LM_DDP = {
     "name": "lm-ddp", "seeds": [0], "device": "cpu",
-    "data": {"name": "pydoc", "params": {"seq_len": 12, "max_tokens": 3000, "max_vocab": 100}, "batch_size": 16},
+    "data": {"name": "pydoc", "params": {"seq_len": 12, "max_tokens": 3000, "max_vocab": 100, "split": "contiguous"}, "batch_size": 16},
     "teacher": {"model": {"name": "transformer_lm", "params": {"d_model": 32, "nhead": 2, "layers": 1, "ff": 64,
                                                                "dropout": 0.0, "max_len": 24}},
                 "train": {"epochs": 1, "optimizer": {"name": "sgd", "lr": 0.5}}},

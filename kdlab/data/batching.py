@@ -6,6 +6,10 @@ from torch import Tensor
 
 from kdlab.data.base import Split
 
+# A label position nothing is trained or scored on (padding, prompt, a word's later sub-tokens):
+# the Hugging Face convention, shared by the data, the tasks and the token-level methods.
+IGNORE_INDEX = -100
+
 
 def cut_batch(split: Split, index: Tensor, prepare=None, augment=None, generator=None) -> dict[str, Tensor]:
     """Samples `index` of a split (in memory, or streamed: read one by one) as a batch: every

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from kdlab.data.batching import IGNORE_INDEX
 from kdlab.errors import KdlabError
 
-IGNORE_INDEX = -100
 
 
 def load_tokenizer(path: str):

@@ -18,12 +18,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from kdlab.data.batching import IGNORE_INDEX
 from kdlab.errors import KdlabError
 from kdlab.knowledge.sparse_logits import SPARSE, SampledLogits
 from kdlab.methods import token_divergences as td
 from kdlab.methods.base import Method, MethodParams, one_teacher, register_method
 
-IGNORE_INDEX = -100
 MASK_KEYS = ("attention_mask", "loss_mask")
 
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlab.data.batching import IGNORE_INDEX
 from kdlab.errors import KdlabError
 from kdlab.registry import TASKS
 from kdlab.tasks.base import Task
 
-IGNORE_INDEX = -100
 
 
 def counted_positions(batch: dict[str, Tensor], y: Tensor) -> Tensor:

@@ -162,3 +162,40 @@ def test_de_anneals_its_gates_each_epoch():
             m(batch, task.forward(s, batch), [task.forward(t, batch)])
             assert m.epoch_metrics()["gumbel_tau"] == gumbel_temperature(e, 10, 1.0, end)
         assert m.tau == (1.0 if end is None else pytest.approx(1e-9))
+
+
+@pytest.mark.parametrize("tau,sample,hard", [(1e-10, True, False), (0.02, True, False), (1.0, True, False),
+                                             (1.0, False, False), (1.0, True, True)])
+def test_expert_projector_runs_experts_on_their_gated_rows_with_the_dense_sum_and_gradients(tau, sample, hard):
+    # Each expert runs only on rows whose gate is not exactly 0 (the DE cost once the annealed
+    # gates are one-hot); output and every gradient must equal the dense sum over all experts.
+    torch.manual_seed(0)
+    proj = ExpertProjector(3, 6, num_experts=4).double()
+    e_s = torch.randn(40, 3, dtype=torch.float64, requires_grad=True)
+    e_t = torch.randn(40, 6, dtype=torch.float64) * 3
+    w = torch.randn(40, 6, dtype=torch.float64)
+    seen = []
+    hooks = [ex.register_forward_hook(lambda m, i, o: seen.append(len(i[0]))) for ex in proj.experts]
+    torch.manual_seed(1)
+    (proj(e_s, e_t, tau, sample, hard) * w).sum().backward()
+    for h in hooks:
+        h.remove()
+    grads = [p.grad for p in proj.parameters()] + [e_s.grad]
+    proj.zero_grad(set_to_none=True)
+    e_s.grad = None
+    torch.manual_seed(1)
+    g = proj.gates(e_t, tau, sample, hard)
+    ref = sum(g[:, k : k + 1] * ex(e_s) for k, ex in enumerate(proj.experts))
+    (ref * w).sum().backward()
+    assert torch.allclose(g.sum(1), torch.ones(40, dtype=torch.float64))
+    ref_grads = [p.grad for p in proj.parameters()] + [e_s.grad]
+    for a, b in zip(grads, ref_grads):  # the selector has none with argmax gates (sample=False)
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-12))
+    assert sum(a is None for a in grads) == (0 if sample else 2)
+    nonzero = int((g != 0).sum())
+    if nonzero * 2 <= g.numel() and not (sample and hard):
+        assert sum(seen) == nonzero  # one-hot gates: 40 rows in all, not 4 x 40
+        if tau == 1e-10 or not sample:
+            assert sum(seen) == 40
+    else:
+        assert sum(seen) == 4 * 40  # soft or straight-through gates: every expert on every row

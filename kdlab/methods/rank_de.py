@@ -47,8 +47,20 @@ class ExpertProjector(nn.Module):
 
     def forward(self, e_s: Tensor, e_t: Tensor, tau: float = 1.0, sample: bool = True, hard: bool = False) -> Tensor:
         g = self.gates(e_t, tau, sample, hard)
-        outs = torch.stack([ex(e_s) for ex in self.experts], dim=-2)  # (..., E, d_t)
-        return (g.unsqueeze(-1) * outs).sum(-2)
+        # Soft or one-hot gates: a gate exactly 0 adds 0 to its row and passes 0 gradient back
+        # (softmax's Jacobian scales each entry by its own gate), so each expert can run only on
+        # the rows it is gated into: the same sum and gradients, a fraction of the work once the
+        # annealed temperature has made the gates one-hot. Straight-through (hard) gates need
+        # every expert's output for the selector's gradient, gate 0 or not.
+        if (sample and hard) or bool((g != 0).sum() * 2 > g.numel()):
+            outs = torch.stack([ex(e_s) for ex in self.experts], dim=-2)  # (..., E, d_t)
+            return (g.unsqueeze(-1) * outs).sum(-2)
+        flat_g, flat_e = g.reshape(-1, g.shape[-1]), e_s.reshape(-1, e_s.shape[-1])
+        out = flat_e.new_zeros(len(flat_e), self.selector.in_features)
+        for k, ex in enumerate(self.experts):
+            rows = flat_g[:, k].nonzero().squeeze(1)  # may be empty: the expert still gets a 0 gradient
+            out = out.index_add(0, rows, flat_g[rows, k : k + 1] * ex(flat_e[rows]))
+        return out.reshape(*e_s.shape[:-1], -1)
 
 
 def de_loss(teacher: Tensor, projected: Tensor) -> Tensor:

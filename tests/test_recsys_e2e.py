@@ -160,6 +160,34 @@ def test_pckd_regulariser_trains_only_the_projector(reg):
     assert sum(float(p.grad.abs().sum()) for p in m.proj_item.parameters() if p.grad is not None) > 0
 
 
+@pytest.mark.parametrize("reg", ["pair", "hybrid"])
+def test_pckd_epoch_redraw_uses_one_draw_per_user_all_epoch(reg):
+    # redraw=epoch (the public code's way): every user's items drawn once an epoch from the
+    # guide's top-M; the regulariser uses them for every row of that user all epoch.
+    m, student, _, task, batch, t_out = tiny_method(reg=reg, redraw="epoch")
+    s, t = task.forward(student, batch).extras["tables"], t_out.extras["tables"]
+    users = batch["x"]
+    m.on_epoch_start(0)
+    items = m._items.clone()
+    n = 2 * m.params.pairs if reg == "pair" else m.params.Q
+    assert items.shape == (m._top.shape[0], n)
+    for u in range(len(items)):
+        assert set(items[u].tolist()) <= set(m._top[u].tolist())
+        assert reg == "pair" or len(set(items[u].tolist())) == n  # list items without replacement
+    drawn = []
+    m.draw_items = lambda us: drawn.append(us) or items[us]
+    reg = lambda: torch.manual_seed(3) and m.reg_term(users, s, t)  # the same Gumbel noise each call
+    a, b = reg(), reg()
+    assert not drawn and torch.equal(m._items, items)  # nothing drawn within the epoch
+    m.params.redraw = "batch"  # the same items drawn per row give the same loss
+    assert torch.equal(a, reg()) and torch.equal(a, b)
+    assert len(drawn) == 1 and torch.equal(drawn[0], users)
+    del m.draw_items
+    m.params.redraw = "epoch"
+    m.on_epoch_start(1)
+    assert not torch.equal(m._items, items)  # a fresh draw each epoch
+
+
 def test_student_guide_refreshes_every_n_epochs():
     m, student, *_ = tiny_method(guide="student", refresh=2)
     m.on_epoch_start(0)

@@ -4,6 +4,8 @@ r_ui = <e_u, e_i> (both the raw scores and the projector's input are detached).
 
 Items come from p_u: the guide model's top-M items, rank r drawn ∝ exp(-r/T); `mask_train`
 leaves the user's training items out of that list (the public code does not, so off by default).
+`redraw: epoch` draws every user's items once an epoch, as the public code does (its Q items
+per user, drawn in `do_something_in_each_epoch`); `redraw: batch` draws afresh for every row.
 - pair:   i, j ~ p_u;  -log sigma((r̂_ui - r̂_uj)(r_ui - r_uj)), mean over users and pairs;
 - list:   Q items ~ p_u (without replacement); -sum_i softmax(r/tau)_i log softmax(r̂/tau)_i;
 - hybrid: Q items ~ p_u; the list term plus `beta` times the pair term over all i<j in Q
@@ -52,6 +54,7 @@ class PCKD(DE):
         pairs: int = Field(10, ge=1)  # pair: pairs per user
         beta: float = Field(1.0, ge=0)  # hybrid: weight of the pair term
         mask_train: bool = False  # guide list over unseen items only (the public code ranks all items)
+        redraw: Literal["epoch", "batch"] = "batch"
 
     def build(self, student, teachers):
         super().build(student, teachers)
@@ -62,6 +65,15 @@ class PCKD(DE):
         super().on_epoch_start(epoch)
         if self.params.guide == "student" and (epoch % self.params.refresh == 0 or self._top is None):
             self.compute_top(self.student_tables(), self.params.M, self.params.mask_train)
+        if self.params.redraw == "epoch":
+            self._items = self.draw_items(torch.arange(self._top.shape[0], device=self._top.device))
+
+    def draw_items(self, users: Tensor) -> Tensor:
+        """pair: 2 x `pairs` items per user (with replacement); list / hybrid: Q distinct ones."""
+        p = self.params
+        if p.reg == "pair":
+            return self.draw_from_top(users, 2 * p.pairs, p.T, replacement=True)[1]
+        return self.draw_from_top(users, min(p.Q, self._top.shape[1]), p.T, replacement=False)[1]
 
     def raw_and_projected(self, users: Tensor, items: Tensor, s: Tables, t: Tables) -> tuple[Tensor, Tensor]:
         """r (detached) and r̂ (graph through the projector only) for items (B, n)."""
@@ -71,14 +83,11 @@ class PCKD(DE):
 
     def reg_term(self, users: Tensor, s: Tables, t: Tables) -> Tensor:
         p = self.params
-        m = self._top.shape[1]
+        items = self._items[users] if p.redraw == "epoch" else self.draw_items(users)
+        r, rh = self.raw_and_projected(users, items, s, t)
         if p.reg == "pair":
-            _, items = self.draw_from_top(users, 2 * p.pairs, p.T, replacement=True)
-            r, rh = self.raw_and_projected(users, items, s, t)
             n = p.pairs
             return pair_loss(r[:, :n], r[:, n:], rh[:, :n], rh[:, n:])
-        _, items = self.draw_from_top(users, min(p.Q, m), p.T, replacement=False)
-        r, rh = self.raw_and_projected(users, items, s, t)
         loss = list_loss(r, rh, p.tau)
         if p.reg == "hybrid":
             i, j = torch.triu_indices(items.shape[1], items.shape[1], 1, device=users.device)

@@ -54,11 +54,12 @@ def tiny_rrd(**params):
     return m, data, batch, s_out
 
 
-def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
+@pytest.mark.parametrize("by_rejection", [False, True])
+def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items(by_rejection):
     # (The bug: kdlab drew the uninteresting items outside the teacher's top-M only.)
     m, data, batch, _ = tiny_rrd()
     users = batch["x"]
-    inter, unint = m._inter[users], m._unint[users]
+    inter, unint = (m._inter[users], m._unint[users]) if not by_rejection else m.sample(users, by_rejection=True)
     indptr, indices = data.meta["train_indptr"], data.meta["train_indices"]
     for b, u in enumerate(users.tolist()):
         top = m._top[u].tolist()
@@ -72,9 +73,30 @@ def test_rrd_samples_in_teacher_order_and_outside_top_m_and_train_items():
     allowed = set(range(m.num_items)) - set(m._top[u0].tolist()) - set(indices[indptr[u0] : indptr[u0 + 1]].tolist())
     seen = set()
     for _ in range(30):
-        _, un = m.sample(users[:1])
+        _, un = m.sample(users[:1], by_rejection=by_rejection)
         seen |= set(un[0].tolist())
     assert seen == allowed
+
+
+def test_rrd_rejection_draws_a_uniform_subset_like_the_keys():
+    # redraw=batch draws by rejection: each allowed item must be drawn with probability L/|allowed|,
+    # as with the keys (the DE-RRD code's law); a user with fewer than L allowed items falls back.
+    m, data, batch, _ = tiny_rrd()
+    u = batch["x"][:1].expand(4000)
+    torch.manual_seed(0)
+    counts = {}
+    for rejection in (False, True):
+        _, un = m.sample(u, by_rejection=rejection)
+        assert all(len(set(row)) == 20 for row in un.tolist())
+        counts[rejection] = torch.bincount(un.flatten(), minlength=m.num_items).float() / len(u)
+    allowed = counts[False] > 0
+    p = 20 / int(allowed.sum())
+    for c in counts.values():  # binomial s.d. sqrt(p(1-p)/4000) < 0.008: 5 s.d. at most
+        assert torch.equal(c > 0, allowed) and float((c[allowed] - p).abs().max()) < 0.04
+    excluded = torch.ones(3, m.num_items, dtype=torch.bool)
+    excluded[:, :12] = False  # 12 allowed items < L = 20: all 12 first, then excluded ones
+    out = m.uninteresting_by_rejection(excluded)
+    assert all(set(range(12)) <= set(row) and len(set(row)) == 20 for row in out.tolist())
 
 
 @pytest.mark.parametrize("redraw", ["epoch", "batch"])
@@ -91,7 +113,7 @@ def test_rrd_loss_uses_epoch_draws_over_distinct_users_or_fresh_rows(redraw):
         assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # the same items all epoch
     else:
         torch.manual_seed(5)
-        inter, unint = m.sample(batch["x"])
+        inter, unint = m.sample(batch["x"], by_rejection=True)
         ref = rrd_loss(score(tables, batch["x"], inter), score(tables, batch["x"], unint))
         torch.manual_seed(5)
         assert torch.equal(m(batch, s_out, [])["rrd"], ref)  # fresh draws for every batch row

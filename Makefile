@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test test-fast install bench clean
+.PHONY: demo test test-fast install bench llm-study clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ test-fast: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(BIN)/kdlab bench
+
+# The built-in LLM study (docs/llm.md): its four configs in order in one store; the first trains
+# the tokenizer and the teacher, the others reuse them by key. Each fits 10 minutes on 2 cores.
+llm-study: $(STAMP)
+	for c in configs/llm/[1-4]_*.yaml; do $(BIN)/kdlab run $$c || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs

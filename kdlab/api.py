@@ -82,8 +82,13 @@ def distill(
     best epoch) defaults to `test`, else to `train`; `test` defaults to `val`.
 
     `task`: "classification" (y: class indices, classes 0..num_classes-1 with num_classes
-    from the labels unless given) or "lm" (x, y: token ids (N, T), the vocabulary
-    num_classes from the largest id unless given). `store`: a run-store folder to record the
+    from the labels unless given), "lm" (x, y: token ids (N, T), the vocabulary
+    num_classes from the largest id unless given) or "token_classification" (x: token ids
+    (N, T), y: a tag per token (N, T) with -100 where nothing is scored, as Hugging Face's
+    collators give them). For the token tasks a batch may carry an `attention_mask`: a third
+    tensor `(x, y, mask)`, or a dict item/batch with `x`/`y`/`attention_mask` or Hugging
+    Face's `input_ids`/`labels`/`attention_mask`; batches of different lengths are padded
+    (x with 0, y with -100, mask with 0). `store`: a run-store folder to record the
     run in (its epochs, checkpoints and model.safetensors), None for none. `teacher_cache`:
     True or a dict of `teacher.cache` settings (dtype, topk, path): the teacher's outputs on
     `train` are computed once and kept (in `store`, or at `path`), then read every epoch and by
@@ -170,49 +175,97 @@ def _method_specs(methods: Union[MethodLike, Sequence[MethodLike]]) -> list[Meth
 
 
 def _tensors(obj: Data, role: str) -> dict[str, Tensor]:
-    """{'x': ..., 'y': ...} from tensors/arrays, a Dataset or a DataLoader (read whole)."""
+    """{'x', 'y'[, 'attention_mask']} from tensors/arrays, a Dataset or a DataLoader (read whole)."""
     if isinstance(obj, DataLoader):
-        return _stack(list(obj), role, torch.cat)
+        return _stack(list(obj), role, _cat)
     if isinstance(obj, Dataset):
-        return _stack([obj[i] for i in range(len(obj))], role, torch.stack)
-    if isinstance(obj, (tuple, list)) and len(obj) == 2:
-        x, y = (torch.as_tensor(v) for v in obj)
-        if len(x) != len(y):
-            raise KdlabError(f"{role}: x has {len(x)} rows but y has {len(y)}; they must match")
-        return {"x": x, "y": y}
+        return _stack([obj[i] for i in range(len(obj))], role, _stack_padded)
+    if isinstance(obj, (tuple, list)) and len(obj) in (2, 3):
+        parts = dict(zip(_KEYS, (torch.as_tensor(v) for v in obj)))
+        if len({len(v) for v in parts.values()}) > 1:
+            sizes = ", ".join(f"{k} has {len(v)} rows" for k, v in parts.items())
+            raise KdlabError(f"{role}: {sizes}; they must match")
+        return parts
     raise KdlabError(f"{role} must be (x, y) tensors, a torch Dataset or a DataLoader, got {type(obj).__name__}")
 
 
+_KEYS = ("x", "y", "attention_mask")
+_HF_KEYS = {"input_ids": "x", "labels": "y"}  # a Hugging Face collator's names
+_PAD = {"x": 0, "y": -100, "attention_mask": 0}
+
+
+def _item(item, role: str) -> dict[str, Tensor]:
+    if isinstance(item, dict):
+        item = {_HF_KEYS.get(k, k): v for k, v in item.items()}
+        if "x" in item and "y" in item:
+            return {k: torch.as_tensor(item[k]) for k in _KEYS if k in item}
+    elif isinstance(item, (tuple, list)) and len(item) >= 2:
+        return {k: torch.as_tensor(v) for k, v in zip(_KEYS, item)}
+    raise KdlabError(f"{role}: each item must be an (x, y) pair or a dict with x and y (or input_ids and labels), "
+                     f"got {type(item).__name__}")
+
+
+def _pad(parts: list[Tensor], key: str, dim: int) -> list[Tensor]:
+    """Token batches of different lengths, padded along `dim` to the longest."""
+    if any(p.dim() <= dim for p in parts) or len({p.shape[dim] for p in parts}) == 1:
+        return parts
+    width = max(p.shape[dim] for p in parts)
+    out = []
+    for p in parts:
+        shape = list(p.shape)
+        shape[dim] = width - p.shape[dim]
+        out.append(torch.cat([p, p.new_full(shape, _PAD[key])], dim))
+    return out
+
+
+def _cat(parts: list[Tensor], key: str) -> Tensor:
+    return torch.cat(_pad(parts, key, 1))
+
+
+def _stack_padded(parts: list[Tensor], key: str) -> Tensor:
+    return torch.stack(_pad(parts, key, 0))
+
+
 def _stack(items: Iterable, role: str, join) -> dict[str, Tensor]:
-    xs, ys = [], []
-    for item in items:
-        if isinstance(item, dict) and "x" in item and "y" in item:
-            x, y = item["x"], item["y"]
-        elif isinstance(item, (tuple, list)) and len(item) >= 2:
-            x, y = item[0], item[1]
-        else:
-            raise KdlabError(f"{role}: each item must be an (x, y) pair or a dict with x and y, got {type(item).__name__}")
-        xs.append(torch.as_tensor(x))
-        ys.append(torch.as_tensor(y))
-    if not xs:
+    rows = [_item(item, role) for item in items]
+    if not rows:
         raise KdlabError(f"{role} is empty")
-    return {"x": join(xs), "y": join(ys)}
+    keys = [k for k in _KEYS if all(k in r for r in rows)]
+    return {k: join([r[k] for r in rows], k) for k in keys}
 
 
 def _bundle(splits: dict[str, dict[str, Tensor]], task: str, num_classes: Optional[int]) -> DataBundle:
-    if task not in ("classification", "lm"):
-        raise KdlabError(f"task must be 'classification' or 'lm' (got {task!r})")
+    if task not in ("classification", "lm", "token_classification"):
+        raise KdlabError(f"task must be 'classification', 'lm' or 'token_classification' (got {task!r})")
+    tokens = task != "classification"
     for role, s in splits.items():
         y = s["y"]
-        if y.is_floating_point() or y.dim() != (1 if task == "classification" else 2):
-            shape = "(N,) class indices" if task == "classification" else "(N, T) token ids"
+        if y.is_floating_point() or y.dim() != (2 if tokens else 1):
+            shape = {"classification": "(N,) class indices", "lm": "(N, T) token ids",
+                     "token_classification": "(N, T) tags per token"}[task]
             raise KdlabError(f"{role}: y must be {shape} as integers (got {y.dtype}, shape {tuple(y.shape)})")
+        if tokens and s["x"].shape[:2] != y.shape:
+            raise KdlabError(f"{role}: x {tuple(s['x'].shape)} and y {tuple(y.shape)} must have the same "
+                             "(rows, tokens): one label per token")
+        if "attention_mask" in s and s["attention_mask"].shape != y.shape:
+            raise KdlabError(f"{role}: attention_mask {tuple(s['attention_mask'].shape)} must match y {tuple(y.shape)}")
         s["y"] = y.long()
-    parts = [s[k] for s in splits.values() for k in (("y",) if task == "classification" else ("x", "y"))]
-    top = max(int(p.max()) for p in parts if p.numel())
+        if "attention_mask" in s:
+            s["attention_mask"] = s["attention_mask"].long()
+    if len({tuple(sorted(s)) for s in splits.values()}) > 1:
+        raise KdlabError("give attention_mask for every split or for none")
+    labelled = {"classification": ("y",), "lm": ("x", "y"), "token_classification": ("y",)}[task]
+    # -100 marks a token that is not scored (Hugging Face's convention), not a class
+    parts = [p[p != -100] if task == "token_classification" else p
+             for s in splits.values() for p in (s[k] for k in labelled)]
+    parts = [p for p in parts if p.numel()]
+    if not parts:
+        raise KdlabError("no labelled token in the data: every label is -100")
+    top = max(int(p.max()) for p in parts)
     classes = num_classes if num_classes is not None else top + 1
-    if top >= classes or min(int(p.min()) for p in parts if p.numel()) < 0:
-        raise KdlabError(f"labels must lie in 0..{classes - 1} (num_classes={classes}); the data holds up to {top}")
+    if top >= classes or min(int(p.min()) for p in parts) < 0:
+        what = " (or -100 for a token not scored)" if task == "token_classification" else ""
+        raise KdlabError(f"labels must lie in 0..{classes - 1}{what} (num_classes={classes}); the data holds up to {top}")
     x = splits["train"]["x"]
     model_args = {"vocab_size": classes} if task == "lm" else {}
     return DataBundle(train=Split(splits["train"]), val=Split(splits["val"]), test=Split(splits["test"]),

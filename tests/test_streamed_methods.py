@@ -121,3 +121,7 @@ def test_teacher_cache_refuses_streamed_data_in_one_line(tmp_path, capsys):
            "teacher": {**TINY["teacher"], "cache": True}}
     assert_clear(*run_bad(capsys, "run", write_config(tmp_path, cfg), "--store", tmp_path / "store", "--quiet"),
                  "teacher 0's cache", "streamed", "data.stream: false")
+    # refused before the teacher trains: no run was opened
+    from kdlab.store.runstore import RunStore
+
+    assert not (tmp_path / "store").exists() or RunStore(tmp_path / "store").rows() == []

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec
-from kdlab.data.base import DataBundle, Split
+from kdlab.bench.synthetic_images import random_images
+from kdlab.data.base import DataBundle
 from kdlab.engine.trainer import Trainer, TrainSetup
 from kdlab.registry import MODELS
 from kdlab.seeding import seed_everything
@@ -36,13 +37,7 @@ class EpochSetup:
 
 
 def _data(s: EpochSetup) -> DataBundle:
-    g = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> Split:
-        return Split({"x": torch.randn(n, 3, s.image, s.image, generator=g),
-                      "y": torch.randint(0, s.num_classes, (n,), generator=g)})
-
-    return DataBundle(split(s.batch_size * s.steps), split(s.val), split(s.val), s.num_classes, (3, s.image, s.image))
+    return random_images(s.batch_size * s.steps, s.val, s.image, s.num_classes)
 
 
 def one_run(s: EpochSetup, every: int) -> dict[str, float]:

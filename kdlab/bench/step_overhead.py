@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from kdlab.config.schema import MethodSpec, OptimizerSpec, ScheduleSpec, TrainSpec
-from kdlab.data.base import DataBundle, Split
+from kdlab.bench.synthetic_images import random_images
+from kdlab.data.base import DataBundle
 from kdlab.seeding import seed_everything
 from kdlab.engine.trainer import Trainer, TrainSetup
 from kdlab.knowledge.cached import CachedTeacher
@@ -44,12 +45,7 @@ class BenchSetup:
 
 
 def _data(s: BenchSetup) -> DataBundle:
-    g = torch.Generator().manual_seed(0)
-    n = s.batch_size * s.steps
-    x = torch.randn(n, 3, s.image, s.image, generator=g)
-    y = torch.randint(0, s.num_classes, (n,), generator=g)
-    empty = Split({"x": x[:0], "y": y[:0]})
-    return DataBundle(Split({"x": x, "y": y}), empty, empty, s.num_classes, (3, s.image, s.image))
+    return random_images(s.batch_size * s.steps, 0, s.image, s.num_classes)
 
 
 def _models(s: BenchSetup):

@@ -5,9 +5,10 @@ epochs and batches; a variant named in `recipes` trains by that recipe instead o
 one: `seqkd` (on the teacher's outputs, generated once and stored) or `on_policy` (GKD: a
 share of the batches are the student's own continuations). The teacher is obtained once
 (trained as the first stage, or reused from the store by its key) and serves every variant.
-The table reports test perplexity (mean ± std over seeds), optimiser steps, tokens read and
-wall time per run; below it, a continuation sampled from each variant's first-seed student
-(and the teacher) for the same test prompt with the same seed.
+The table reports test perplexity (mean ± std over seeds), its difference to the CE student
+of the same seed (mean ± std over seeds), optimiser steps, tokens read and wall time per run;
+below it, a continuation sampled from each variant's first-seed student (and the teacher) for
+the same test prompt with the same seed.
 """
 
 from __future__ import annotations
@@ -71,10 +72,20 @@ class LMComparison:
     prompt: str = ""
 
     def rows(self) -> tuple[list[str], list[list[str]]]:
-        header, rows = comparison_rows(self.result.results, self.result.metric, self.result.baseline)
+        res = self.result
+        header, rows = comparison_rows(res.results, res.metric, res.baseline)
+        # A seed gives every variant the same initial student and batch order: the difference to
+        # the baseline of the same seed leaves out what the arms share within a seed.
+        base = {r.get("seed"): r.get(f"test_{res.metric}") for r in res.results.get(res.baseline or "", [])}
+        paired = bool(base)
+        if paired:
+            header.append(f"− {res.baseline}, same seed (last epoch)")
         header = [*header, "steps", "tokens", "wall s / run"]
         for row in rows:
-            runs = self.result.results[row[0]]
+            runs = res.results[row[0]]
+            if paired:
+                diffs = [r[f"test_{res.metric}"] - base[r.get("seed")] for r in runs if r.get("seed") in base]
+                row.append("–" if row[0] == res.baseline or not diffs else "{:+.2f} ± {:.2f}".format(*mean_std(diffs)))
             epochs = runs[0].get("epochs", 0)
             wall = [r.get("mean_epoch_time", 0.0) * r.get("epochs", 0) for r in runs]
             row += [f"{epochs * self.batches.get(row[0], 0):,}", f"{epochs * self.tokens.get(row[0], 0):,}",

@@ -16,6 +16,7 @@ from kdlab.errors import KdlabError
 from kdlab.methods.base import Method, MethodContext
 from kdlab.models.build import build_model
 from kdlab.registry import DATASETS, METHODS
+from kdlab.stages.teacher_cache import check_caches
 from kdlab.stages.vocabulary import check_vocabularies
 
 
@@ -99,6 +100,7 @@ def preflight(exp, data: DataBundle, task, device: torch.device) -> None:
     """Build every variant's methods against untrained student and teacher models, so a wrong
     layer path or hyper-parameter fails before any teacher or student trains; models from
     `import` or `hf` are also run once, to refuse outputs that do not fit the data."""
+    check_caches(exp, data, task)
     sources = [("student", exp.student)] + [(f"teacher {i}", t.model) for i, t in enumerate(exp.all_teachers())]
     outside = [(role, spec) for role, spec in sources if spec.name is None]
     if not outside and not any(reads_layers(m) for ms in exp.method_sets().values() for m in ms):

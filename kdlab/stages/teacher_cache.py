@@ -94,10 +94,17 @@ def tokenizer_fingerprint(data) -> Optional[str]:
     return "words:" + hashlib.sha256(json.dumps([tok.itos, tok.lowercase]).encode()).hexdigest()[:16]
 
 
-def _check(spec: CacheSpec, stage, index: int) -> None:
-    data, where = stage.data, f"teacher {index}'s cache"
-    if stage.task.name not in CACHED_TASKS:
-        raise KdlabError(f"{where}: teacher.cache is for classification, token-classification and language-model data, not {stage.task.name} "
+def check_caches(exp, data, task) -> None:
+    """Refuse a teacher.cache that cannot apply to this data before any teacher trains."""
+    for i, t in enumerate(exp.all_teachers()):
+        if t.cache is not None:
+            _check(t.cache, data, task, i)
+
+
+def _check(spec: CacheSpec, data, task, index: int) -> None:
+    where = f"teacher {index}'s cache"
+    if task.name not in CACHED_TASKS:
+        raise KdlabError(f"{where}: teacher.cache is for classification, token-classification and language-model data, not {task.name} "
                          "(a ranking teacher's outputs are embedding lookups already): remove teacher.cache")
     if not isinstance(data.train, Split):
         raise KdlabError(f"{where}: teacher.cache reads the training split in memory and this data is streamed: "
@@ -161,7 +168,7 @@ def _compute(teacher: nn.Module, stage, spec: CacheSpec, layers: list[str], batc
 
 
 def obtain_cache(ctx, spec: CacheSpec, teacher: nn.Module, stage, layers: list[str], index: int) -> CachedTeacher:
-    _check(spec, stage, index)
+    _check(spec, stage.data, stage.task, index)
     if spec.path is None and ctx.store is None:
         raise KdlabError("teacher.cache needs a run store (--store) or teacher.cache.path")
     record = made_from(spec, teacher, stage, layers)

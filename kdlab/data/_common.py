@@ -31,6 +31,15 @@ def check_fractions(val_fraction: float, test_fraction: Optional[float] = None) 
         )
 
 
+def check_text_args(source: str, seq_len: int, near_duplicate: float, val_fraction: float, test_fraction: float) -> None:
+    """The arguments shared by the built-in text sets split with near-duplicate grouping."""
+    check_fractions(val_fraction, test_fraction)
+    if seq_len < 1:
+        raise KdlabError(f"{source}: seq_len must be >= 1, got {seq_len}")
+    if not 0 < near_duplicate <= 1:
+        raise KdlabError(f"{source}: near_duplicate is a Jaccard threshold in (0, 1], got {near_duplicate}")
+
+
 def split_train_val(
     x: np.ndarray, y: np.ndarray, seed: int, val_fraction: float
 ) -> tuple[Split, Optional[Split]]:

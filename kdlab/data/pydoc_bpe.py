@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kdlab.data._common import check_fractions
+from kdlab.data._common import check_text_args
 from kdlab.data.base import DataBundle
 from kdlab.data.bpe import END, cached_bpe
 from kdlab.data.hf_text import fingerprint
@@ -113,11 +113,7 @@ def pydoc_bpe_dataset(
     near_duplicate: float = 0.5,
     tokenizer_dir: Optional[str] = None,
 ) -> DataBundle:
-    check_fractions(val_fraction, test_fraction)
-    if seq_len < 1:
-        raise KdlabError(f"pydoc_bpe: seq_len must be >= 1, got {seq_len}")
-    if not 0 < near_duplicate <= 1:
-        raise KdlabError(f"pydoc_bpe: near_duplicate is a Jaccard threshold in (0, 1], got {near_duplicate}")
+    check_text_args("pydoc_bpe", seq_len, near_duplicate, val_fraction, test_fraction)
     topics = pydoc_topic_texts()
     docs = documents(topics, near_duplicate)
     parts = split_documents(docs, seed, val_fraction, test_fraction)

@@ -18,11 +18,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from kdlab.data._common import check_fractions
+from kdlab.data._common import check_text_args
 from kdlab.data.base import DataBundle, Split
 from kdlab.data.text_corpus import pydoc_topic_texts
 from kdlab.data.tokenizer import EOS, WordTokenizer, split_words
-from kdlab.errors import KdlabError
 from kdlab.registry import DATASETS
 
 PAD = "<pad>"
@@ -153,11 +152,7 @@ def pydoc_topics_dataset(
     test_fraction: float = 0.2,
     max_per_class: Optional[int] = None,
 ) -> DataBundle:
-    check_fractions(val_fraction, test_fraction)
-    if seq_len < 1:
-        raise KdlabError(f"pydoc_topics: seq_len must be >= 1, got {seq_len}")
-    if not 0 < near_duplicate <= 1:
-        raise KdlabError(f"pydoc_topics: near_duplicate is a Jaccard threshold in (0, 1], got {near_duplicate}")
+    check_text_args("pydoc_topics", seq_len, near_duplicate, val_fraction, test_fraction)
     texts, labels = paragraphs(pydoc_topic_texts(), min_words)
     y = np.array(labels, dtype=np.int64)
     groups = np.array(near_duplicate_groups(texts, near_duplicate))
